@@ -321,7 +321,7 @@ def _add_panopticfcn_defaults(C: CfgNode) -> None:
     C.MODEL.TENSOR_DIM = 100  # max ground-truth instances per image padded into the training target tensors
     C.MODEL.IGNORE_VALUE = 255  # stuff-target label ignored by the losses (void and crowd pixels)
     C.SOLVER.POLY_LR_POWER = 0.9  # exponent of the poly decay: lr * (1 - iter / MAX_ITER) ** power
-    C.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0  # poly LR stops decaying once it falls to this fraction of BASE_LR
+    C.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0  # after warm-up, floor of the poly factor (x BASE_LR); 0 = no floor
 
     # Semantic FPN (Panoptic FPN style): merges P2..P5 into one stride-4 map that feeds the feature encoder.
     C.MODEL.SEMANTIC_FPN = CfgNode()
@@ -353,7 +353,7 @@ def _add_panopticfcn_defaults(C: CfgNode) -> None:
 
     # Kernel head: per pyramid level, the 256-d kernel weights gathered at the positions found above.
     C.MODEL.KERNEL_HEAD = CfgNode()
-    # Object scale range (px, sqrt of area) assigned to each level P3..P7 when building training targets;
+    # Object scale range (px, sqrt of the box area) assigned to each level P3..P7 for training targets;
     # neighbouring ranges overlap, so an object may train several levels.
     C.MODEL.KERNEL_HEAD.INSTANCE_SCALES = ((1, 64), (32, 128), (64, 256), (128, 512), (256, 2048))
     C.MODEL.KERNEL_HEAD.TEST_SCALES = ((1, 64), (64, 128), (128, 256), (256, 512), (512, 2048))  # declared, unused
