@@ -1,0 +1,81 @@
+"""Reading images the way every pfcn tool needs them: 8-bit RGB, upright, whatever the file holds.
+
+Photos arrive as grayscale, palette, RGBA, 16-bit PNG or with an EXIF orientation tag. The model wants 3-channel 8-bit
+pixels in the orientation a viewer shows, so every reader in pfcn (predict, eval, datasets, calibration) goes through
+`read_image`; a file that cannot be decoded raises `ImageReadError` naming it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class ImageReadError(ValueError):
+    """An image file is missing, unreadable or of an unsupported kind."""
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """Scale integer or float pixel data of any depth to 0..255."""
+    if array.dtype == np.uint8:
+        return array
+    if np.issubdtype(array.dtype, np.integer):
+        # 16-bit (or 32-bit "I" mode holding 16-bit data): keep the top 8 bits of a 16-bit range.
+        maxval = 65535 if array.max(initial=0) > 255 else 255
+        return np.clip(np.round(array.astype(np.float64) * 255.0 / maxval), 0, 255).astype(np.uint8)
+    finite = np.nan_to_num(array.astype(np.float64))
+    hi = 1.0 if finite.max(initial=0) <= 1.0 else 255.0
+    return np.clip(np.round(finite * 255.0 / hi), 0, 255).astype(np.uint8)
+
+
+def pil_to_rgb(img: Image.Image) -> np.ndarray:
+    """Convert a decoded PIL image (any mode) to an upright HxWx3 uint8 RGB array."""
+    img = ImageOps.exif_transpose(img)
+    mode = img.mode
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        gray = _to_uint8(np.asarray(img))
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        # Drop alpha the way detectron2's reader does (convert to RGB), without blending.
+        img = img.convert("RGBA").convert("RGB")
+    elif mode != "RGB":
+        img = img.convert("RGB")
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as an upright HxWx3 uint8 RGB array.
+
+    Raises:
+        ImageReadError: the file does not exist or cannot be decoded; the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return pil_to_rgb(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"{path}: cannot decode image ({e})") from e
+
+
+def list_images(inputs: list[str | Path]) -> list[Path]:
+    """Expand files and directories (non-recursive, sorted) into a list of image paths.
+
+    A path that does not exist raises; a directory contributes its files with an image suffix.
+    """
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file()))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or directory")
+    return out

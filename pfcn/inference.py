@@ -1,0 +1,332 @@
+"""The one PanopticFCN inference implementation, written with fixed-size tensors only.
+
+The official inference keeps a data-dependent number of candidates at every step (threshold filters, ``unique``,
+boolean indexing, a Python merge loop with ``.item()``). Every count there is bounded (<= 50 peaks per level and 5
+levels, <= S stuff classes, <= 100 instances), so this module carries every candidate slot to the end with a validity
+flag instead of removing it. There is no host synchronisation and no Python branch on tensor values, which is what
+lets eager PyTorch, the exported ONNX graph and TensorRT engines run this very code.
+
+Stages (per image, batched):
+  1. ``thing_candidates``  peak extraction, per-level top-k, threshold, kernel gather          -> 5*50 slots
+  2. ``fuse_thing_kernels`` score sort, 1x1 embedding, class-specific cosine kernel fusion
+  3. ``stuff_kernels``      per-level argmax regions, mean scores, masked kernel sums, level fusion -> S slots
+  4. ``thing_masks``        mask products, rescoring, 0.05 filter, top-100
+  5. ``to_original``        4x upsample + crop + resize to the original size (one matrix per axis)
+  6. ``panoptic_merge``     the greedy merge as a fixed 100-step scan
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch.nn import functional as F
+
+from .resize import apply_separable, interp_matrix, upsample_matrix
+
+POOL_SIZES = (3, 3, 3, 5, 5)  # official smoothing window of the centre heatmaps, per level P3..P7
+NEG = -1.0  # sorts below every probability; used for empty slots
+
+
+class HeadOutputs(NamedTuple):
+    """Raw per-level network outputs (levels P3..P7)."""
+
+    centers: list[torch.Tensor]  # [B, T, h, w] thing centre logits
+    regions: list[torch.Tensor]  # [B, S, h, w] stuff region logits
+    weights: list[torch.Tensor]  # [B, C, h, w] kernel-head output
+    encoded: torch.Tensor  # [B, E, H/4, W/4] encoded feature
+
+
+@dataclass(frozen=True)
+class InferenceParams:
+    """The thresholds and counts of the official inference (cfg.MODEL.POSITION_HEAD / INFERENCE)."""
+
+    thing_thres: float = 0.05
+    stuff_thres: float = 0.05
+    top_num: int = 100
+    inst_thres: float = 0.4
+    similar_thres: float = 0.9
+    class_specific: bool = True
+    overlap_thresh: float = 0.5
+    stuff_area_limit: int = 4096
+    combine_inst_thresh: float = 0.2
+    common_stride: int = 4
+    score_floor: float = 0.05  # the hard-coded ``scores >= 0.05`` filter of the official process_inst
+
+    @classmethod
+    def from_cfg(cls, cfg) -> "InferenceParams":
+        m = cfg.MODEL
+        if m.INFERENCE.SIMILAR_TYPE != "cosine":
+            raise ValueError(f"MODEL.INFERENCE.SIMILAR_TYPE={m.INFERENCE.SIMILAR_TYPE!r}: only 'cosine' is supported "
+                             "(the official 'L2' branch does not compute a pairwise matrix)")
+        if not m.POSITION_HEAD.STUFF.WITH_THING:
+            raise ValueError("MODEL.POSITION_HEAD.STUFF.WITH_THING=False is not supported: pfcn's stuff head always "
+                             "carries class 0 for 'things', as every official configuration does")
+        return cls(
+            thing_thres=float(m.POSITION_HEAD.THING.THRES),
+            stuff_thres=float(m.POSITION_HEAD.STUFF.THRES),
+            top_num=int(m.POSITION_HEAD.THING.TOP_NUM),
+            inst_thres=float(m.INFERENCE.INST_THRES),
+            similar_thres=float(m.INFERENCE.SIMILAR_THRES),
+            class_specific=bool(m.INFERENCE.CLASS_SPECIFIC),
+            overlap_thresh=float(m.INFERENCE.COMBINE.OVERLAP_THRESH),
+            stuff_area_limit=int(m.INFERENCE.COMBINE.STUFF_AREA_LIMIT),
+            combine_inst_thresh=float(m.INFERENCE.COMBINE.INST_THRESH),
+            common_stride=int(m.SEMANTIC_FPN.COMMON_STRIDE),
+        )
+
+
+def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[b, index[b, n]]`` for x [B, N, ...] and index [B, K] -> [B, K, ...]."""
+    shape = index.shape + x.shape[2:]
+    flat = index.reshape(index.shape + (1,) * (x.dim() - 2)).expand(shape)
+    return torch.gather(x, 1, flat)
+
+
+def thing_candidates(centers: list[torch.Tensor], weights: list[torch.Tensor], p: InferenceParams):
+    """Peak extraction and per-level top-k, as the official ``inference_single_level`` + ``topk_score``.
+
+    Each level keeps K = TOP_NUM/2 slots. The official K is min(h*w, TOP_NUM/2); a level smaller than that is padded
+    with -1 scores and the slots past h*w are marked invalid, which selects exactly the same candidates.
+
+    Returns:
+        scores [B, N] float, classes [B, N] int64, kernels [B, N, C] float, valid [B, N] bool, with N = 5 * K.
+    """
+    k = p.top_num // 2
+    out_scores, out_classes, out_kernels, out_valid = [], [], [], []
+    for level, (center, weight) in enumerate(zip(centers, weights)):
+        b, t, h, w = center.shape
+        pool = POOL_SIZES[level]
+        prob = torch.sigmoid(center)
+        prob = (prob + F.avg_pool2d(prob, pool, stride=1, padding=(pool - 1) // 2)) / 2.0
+        prob = prob * (F.max_pool2d(prob, 3, stride=1, padding=1) == prob).to(prob.dtype)
+        flat = prob.reshape(b, t, h * w)
+        if h * w < k:  # static: depends on the feature shape only
+            flat = F.pad(flat, (0, k - h * w), value=NEG)
+        cls_scores, cls_index = torch.topk(flat, k, dim=2)  # [B, T, K] per-class top-k
+        scores, sel = torch.topk(cls_scores.reshape(b, t * k), k, dim=1)  # [B, K] across classes
+        classes = torch.div(sel, k, rounding_mode="floor")
+        position = torch.gather(cls_index.reshape(b, t * k), 1, sel)
+        valid = scores > p.thing_thres
+        if h * w < k:
+            valid = valid & (torch.arange(k, device=center.device) < h * w).unsqueeze(0)
+        position = position.clamp(max=h * w - 1)
+        c = weight.shape[1]
+        kern = torch.gather(weight.reshape(b, c, h * w), 2, position.unsqueeze(1).expand(b, c, k))
+        out_scores.append(scores)
+        out_classes.append(classes)
+        out_kernels.append(kern.transpose(1, 2))  # [B, K, C]
+        out_valid.append(valid)
+    return (torch.cat(out_scores, 1), torch.cat(out_classes, 1), torch.cat(out_kernels, 1),
+            torch.cat(out_valid, 1))
+
+
+def fuse_thing_kernels(scores, classes, kernels, valid, embed, p: InferenceParams):
+    """Sort candidates by score, embed them, and fuse near-duplicate kernels (official ``kernel_fusion``).
+
+    A kernel j is claimed by every earlier (higher-scored) kernel i of the same class with cosine(i, j) >= SIMILAR_THRES;
+    i survives if no earlier kernel claims it (column cumsum < 2 on the diagonal), and its new kernel is the mean
+    of the kernels it claims that no other earlier kernel claimed.
+
+    Args:
+        embed: callable mapping [..., C] kernel weights to [..., E] mask kernels (the thing generator).
+    Returns:
+        scores [B, N], classes [B, N], kernels [B, N, E], valid [B, N], sorted by descending score.
+    """
+    key = torch.where(valid, scores, torch.full_like(scores, NEG))
+    order = torch.sort(key, dim=1, descending=True, stable=True).indices
+    scores, classes, valid = (torch.gather(x, 1, order) for x in (scores, classes, valid))
+    kernels = embed(_gather_rows(kernels, order))  # [B, N, E]
+
+    unit = kernels / kernels.norm(dim=2, keepdim=True).clamp(min=1e-8)
+    similarity = torch.matmul(unit, unit.transpose(1, 2))  # [B, N, N]
+    label = torch.triu(similarity) >= p.similar_thres
+    if p.class_specific:
+        label = label & (classes.unsqueeze(2) == classes.unsqueeze(1))
+    label = label & valid.unsqueeze(2) & valid.unsqueeze(1)
+    first_claim = torch.cumsum(label.to(kernels.dtype), dim=1) < 2
+    keep = torch.diagonal(first_claim, dim1=1, dim2=2) & valid
+    rows = (label & first_claim).to(kernels.dtype)
+    fused = torch.matmul(rows, kernels) / rows.sum(dim=2, keepdim=True).clamp(min=1.0)
+    return scores, classes, fused, keep
+
+
+def stuff_kernels(regions: list[torch.Tensor], weights: list[torch.Tensor], embed, p: InferenceParams):
+    """Per-level stuff regions and kernels, fused across levels (official stuff path + StuffGenerator.kernel_fusion).
+
+    Per level: label = argmax of the region probabilities; a class present there scores the mean probability over its
+    pixels and, above STUFF.THRES, contributes the kernel sum over its pixels divided by *all* h*w pixels of the level
+    (the official ``adaptive_avg_pool2d`` of the masked weights). Across levels a class's kernel and score are the
+    means over the levels that kept it. Slot s is stuff class s.
+
+    Returns:
+        scores [B, S], kernels [B, S, E], valid [B, S].
+    """
+    emb_sum = score_sum = count = None
+    for region, weight in zip(regions, weights):
+        b, s, h, w = region.shape
+        prob = torch.sigmoid(region)
+        label = torch.argmax(prob, dim=1, keepdim=True)  # [B, 1, h, w]
+        onehot = (label == torch.arange(s, device=region.device).reshape(1, s, 1, 1)).to(prob.dtype)
+        pixels = onehot.sum(dim=(2, 3))  # [B, S]
+        score = (prob * onehot).sum(dim=(2, 3)) / pixels.clamp(min=1.0)
+        keep = (pixels > 0) & (score > p.stuff_thres)
+        kern = torch.matmul(onehot.reshape(b, s, h * w), weight.reshape(b, -1, h * w).transpose(1, 2)) / (h * w)
+        emb = embed(kern)  # [B, S, E]
+        keep_f = keep.to(prob.dtype)
+        emb_sum = emb * keep_f.unsqueeze(2) if emb_sum is None else emb_sum + emb * keep_f.unsqueeze(2)
+        score_sum = score * keep_f if score_sum is None else score_sum + score * keep_f
+        count = keep_f if count is None else count + keep_f
+    denom = count.clamp(min=1.0)
+    return score_sum / denom, emb_sum / denom.unsqueeze(2), count > 0
+
+
+def mask_logits(kernels: torch.Tensor, encoded: torch.Tensor) -> torch.Tensor:
+    """Kernels [B, N, E] times the encoded feature [B, E, h, w] -> mask logits [B, N, h, w]."""
+    b, e, h, w = encoded.shape
+    return torch.matmul(kernels, encoded.reshape(b, e, h * w)).reshape(b, -1, h, w)
+
+
+def thing_masks(scores, classes, kernels, valid, encoded, p: InferenceParams):
+    """Mask products, rescoring by mean mask probability, the 0.05 filter and the top-100 (official process_inst).
+
+    Returns (all [B, TOP_NUM] except probs): scores, classes, valid, probs [B, TOP_NUM, H/4, W/4] soft masks.
+    """
+    probs = torch.sigmoid(mask_logits(kernels, encoded))
+    binary = (probs > p.inst_thres).to(probs.dtype)
+    seg_score = (probs * binary).sum(dim=(2, 3)) / (binary.sum(dim=(2, 3)) + 1e-6)
+    scores = scores * seg_score
+    valid = valid & (scores >= p.score_floor)
+    key = torch.where(valid, scores, torch.full_like(scores, NEG))
+    order = torch.sort(key, dim=1, descending=True, stable=True).indices[:, : p.top_num]
+    scores, classes, valid = (torch.gather(x, 1, order) for x in (scores, classes, valid))
+    scores = torch.where(valid, scores, torch.zeros_like(scores))
+    return scores, classes, valid, _gather_rows(probs, order)
+
+
+def original_size_matrices(resized: torch.Tensor, original: torch.Tensor, feat_hw: tuple[int, int],
+                           canvas_hw: tuple[int, int], stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-axis matrices of the official output resize: ``stride``x bilinear upsample of the stride-4 map, crop to
+    the resized image, bilinear resize to the original size (placed top-left in a ``canvas_hw`` canvas).
+
+    Returns:
+        [B, canvas_h, feat_h] and [B, canvas_w, feat_w].
+    """
+    mats = []
+    for axis in (0, 1):
+        n_feat, n_canvas = feat_hw[axis], canvas_hw[axis]
+        up = upsample_matrix(n_feat, stride, resized.shape[0], resized.device)  # [B, stride*n_feat, n_feat]
+        down = interp_matrix(resized[:, axis], original[:, axis], stride * n_feat, n_canvas)
+        mats.append(torch.matmul(down, up))
+    return mats[0], mats[1]
+
+
+def panoptic_merge(masks: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, semantic: torch.Tensor,
+                   inside: torch.Tensor, num_stuff: int, p: InferenceParams):
+    """The official greedy merge (``combine_thing_and_stuff``) as a fixed-length scan.
+
+    Things with score >= COMBINE.INST_THRESH, in score order: skip a thing that is empty or whose overlap with the
+    already-assigned pixels exceeds OVERLAP_THRESH of its area, else it takes its free pixels. Then each stuff label
+    (ascending, except 0) takes its free pixels if they number at least STUFF_AREA_LIMIT. Segment ids count from 1 in
+    that order; unassigned pixels are 0.
+
+    Args:
+        masks: [B, K, H, W] bool thing masks in score order; scores, valid: [B, K].
+        semantic: [B, H, W] int64 stuff-head labels; inside: [B, H, W] bool, the image's own pixels in the canvas.
+    Returns:
+        panoptic [B, H, W] int32 and a segment table dict of [B, K + S] tensors (ids, classes slot order: things then
+        stuff labels 0..S-1; areas; valid).
+    """
+    b, k, h, w = masks.shape
+    active = valid & (scores >= p.combine_inst_thresh)
+    occupied = torch.zeros(b, h, w, dtype=torch.bool, device=masks.device)
+    accepted, areas = [], []
+    for i in range(k):  # fixed trip count: the loop unrolls into a static graph
+        m = masks[:, i] & active[:, i].reshape(b, 1, 1)
+        area = m.sum(dim=(1, 2))
+        overlap = (m & occupied).sum(dim=(1, 2))
+        ok = (area > 0) & ~(overlap.to(torch.float32) > p.overlap_thresh * area.to(torch.float32))
+        occupied = occupied | (m & ok.reshape(b, 1, 1))
+        accepted.append(ok)
+        areas.append((area - overlap) * ok.to(area.dtype))
+    thing_ok = torch.stack(accepted, 1)  # [B, K]
+    thing_area = torch.stack(areas, 1)
+    thing_ids = torch.cumsum(thing_ok.to(torch.int64), 1) * thing_ok.to(torch.int64)
+    owned = masks & thing_ok.reshape(b, k, 1, 1)
+    owner = torch.argmax(owned.to(torch.float32), dim=1, keepdim=True)  # first accepted thing covering the pixel
+    thing_map = torch.gather(thing_ids, 1, owner.reshape(b, -1)).reshape(b, h, w)
+    thing_map = thing_map * occupied.to(torch.int64)
+
+    free = ~occupied & inside
+    labels = torch.arange(num_stuff, device=masks.device)
+    stuff_pix = (semantic.unsqueeze(1) == labels.reshape(1, -1, 1, 1)) & free.unsqueeze(1)  # [B, S, H, W]
+    stuff_area = stuff_pix.sum(dim=(2, 3))
+    stuff_ok = (stuff_area >= p.stuff_area_limit) & (stuff_area > 0) & (labels > 0).unsqueeze(0)
+    n_things = thing_ok.sum(dim=1, keepdim=True)
+    stuff_ids = (n_things + torch.cumsum(stuff_ok.to(torch.int64), 1)) * stuff_ok.to(torch.int64)
+    stuff_map = torch.gather(stuff_ids, 1, semantic.reshape(b, -1)).reshape(b, h, w) * free.to(torch.int64)
+    panoptic = (thing_map + stuff_map).to(torch.int32)
+    table = {
+        "ids": torch.cat([thing_ids, stuff_ids], 1).to(torch.int32),
+        "areas": torch.cat([thing_area, stuff_area * stuff_ok.to(stuff_area.dtype)], 1).to(torch.int64),
+        "valid": torch.cat([thing_ok, stuff_ok], 1),
+    }
+    return panoptic, table
+
+
+def postprocess(heads: HeadOutputs, thing_embed, stuff_embed, resized: torch.Tensor, original: torch.Tensor,
+                canvas_hw: tuple[int, int], p: InferenceParams) -> dict[str, torch.Tensor]:
+    """From network outputs to the full panoptic result at the original image sizes, with fixed shapes.
+
+    Args:
+        heads: network outputs for a batch whose images were resized to ``resized`` [B, 2] (h, w) inside the padded
+            network canvas.
+        thing_embed, stuff_embed: the 1x1 kernel generators, as callables on [..., C] rows.
+        original: [B, 2] original (h, w) of each image; results are placed top-left in a ``canvas_hw`` canvas.
+    Returns:
+        dict of tensors, see ``OUTPUT_NAMES`` (K = TOP_NUM instance slots, S stuff classes):
+        panoptic [B, H, W] int32; semantic [B, H, W] int64; instance_masks [B, K, H, W] bool; instance_scores,
+        instance_classes, instance_valid [B, K]; segment_ids, segment_classes, segment_isthing, segment_scores,
+        segment_areas, segment_valid [B, K + S].
+    """
+    scores, classes, kernels, valid = thing_candidates(heads.centers, heads.weights, p)
+    scores, classes, kernels, valid = fuse_thing_kernels(scores, classes, kernels, valid, thing_embed, p)
+    scores, classes, valid, thing_probs = thing_masks(scores, classes, kernels, valid, heads.encoded, p)
+    st_scores, st_kernels, st_valid = stuff_kernels(heads.regions, heads.weights, stuff_embed, p)
+    st_probs = torch.sigmoid(mask_logits(st_kernels, heads.encoded)) * st_valid.to(st_kernels.dtype)[..., None, None]
+
+    feat_hw = (heads.encoded.shape[2], heads.encoded.shape[3])
+    mat_h, mat_w = original_size_matrices(resized, original, feat_hw, canvas_hw, p.common_stride)
+    thing_full = apply_separable(thing_probs, mat_h, mat_w)  # [B, K, H, W]
+    stuff_full = apply_separable(st_probs, mat_h, mat_w)  # [B, S, H, W]
+    masks = (thing_full > p.inst_thres) & valid[..., None, None]
+    semantic = torch.argmax(stuff_full, dim=1)  # [B, H, W]; 0 where no stuff class survived
+
+    b, num_stuff = st_scores.shape
+    rows = torch.arange(canvas_hw[0], device=original.device).reshape(1, -1, 1)
+    cols = torch.arange(canvas_hw[1], device=original.device).reshape(1, 1, -1)
+    inside = (rows < original[:, 0].reshape(-1, 1, 1)) & (cols < original[:, 1].reshape(-1, 1, 1))
+    panoptic, table = panoptic_merge(masks, scores, valid, semantic, inside, num_stuff, p)
+    k = scores.shape[1]
+    stuff_labels = torch.arange(num_stuff, device=scores.device).unsqueeze(0).expand(b, num_stuff)
+    return {
+        "panoptic": panoptic,
+        "semantic": semantic,
+        "instance_masks": masks,
+        "instance_scores": scores,
+        "instance_classes": classes,
+        "instance_valid": valid,
+        "segment_ids": table["ids"],
+        "segment_classes": torch.cat([classes, stuff_labels], 1),
+        "segment_isthing": torch.cat([torch.ones(b, k, dtype=torch.bool, device=scores.device),
+                                      torch.zeros(b, num_stuff, dtype=torch.bool, device=scores.device)], 1),
+        "segment_scores": torch.cat([scores, st_scores], 1),
+        "segment_areas": table["areas"],
+        "segment_valid": table["valid"],
+    }
+
+
+OUTPUT_NAMES = ("panoptic", "semantic", "instance_masks", "instance_scores", "instance_classes", "instance_valid",
+                "segment_ids", "segment_classes", "segment_isthing", "segment_scores", "segment_areas",
+                "segment_valid")

@@ -1,0 +1,171 @@
+"""PanopticFCN: the network and its static end-to-end forward.
+
+``forward`` goes from uint8 RGB images at their original size to the fixed-size panoptic outputs of
+``pfcn.inference.postprocess``: in-graph resize and normalisation, the network, then post-processing. Training uses
+``normalize`` + ``forward_features`` and the losses in ``pfcn.training``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .backbone import FPN, ResNet
+from .heads import FeatureEncoder, KernelGenerator, KernelHead, PositionHead, SemanticFPN
+from .inference import HeadOutputs, InferenceParams, postprocess
+from .resize import interp_matrix, shortest_edge_size, shortest_edge_size_py
+
+LEVEL_STRIDES = {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64, "p7": 128}
+
+
+class PanopticFCN(nn.Module):
+    """Backbone + semantic FPN + feature encoder + per-level position/kernel heads + kernel generators.
+
+    Attribute names equal the official state_dict prefixes.
+    """
+
+    def __init__(self, backbone: FPN, semantic_fpn: SemanticFPN, feature_encoder: FeatureEncoder,
+                 position_head: PositionHead, kernel_head: KernelHead, thing_generator: KernelGenerator,
+                 stuff_generator: KernelGenerator, in_features: list[str], pixel_mean: list[float],
+                 pixel_std: list[float], input_format: str, params: InferenceParams, min_size_test: int,
+                 max_size_test: int):
+        super().__init__()
+        if input_format not in ("BGR", "RGB"):
+            raise ValueError(f"INPUT.FORMAT={input_format!r}: pfcn supports 'BGR' and 'RGB'")
+        self.backbone = backbone
+        self.semantic_fpn = semantic_fpn
+        self.feature_encoder = feature_encoder
+        self.position_head = position_head
+        self.kernel_head = kernel_head
+        self.thing_generator = thing_generator
+        self.stuff_generator = stuff_generator
+        self.in_features = list(in_features)
+        self.input_format = input_format
+        self.params = params
+        self.min_size_test = min_size_test
+        self.max_size_test = max_size_test
+        # Not in the official state_dict: the official model applies them through a lambda.
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).reshape(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).reshape(1, 3, 1, 1),
+                             persistent=False)
+
+    size_divisibility = FPN.size_divisibility
+
+    # ------------------------------------------------------------------ network
+    def forward_features(self, x: torch.Tensor) -> HeadOutputs:
+        """Network outputs for a normalised batch x [B, 3, H, W] (H, W multiples of 32)."""
+        feats = self.backbone(x)
+        encoded = self.feature_encoder(self.semantic_fpn(feats))
+        centers, regions, weights = [], [], []
+        for name in self.in_features:
+            center, region = self.position_head(feats[name])
+            centers.append(center)
+            regions.append(region)
+            weights.append(self.kernel_head(feats[name]))
+        return HeadOutputs(centers, regions, weights, encoded)
+
+    def normalize(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Training/ImageList-style batching: images already in INPUT.FORMAT order ([3, h, w] uint8), normalised,
+        then zero-padded bottom/right to a common size divisible by 32."""
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        hmax = _ceil_to(max(s[0] for s in sizes), self.size_divisibility)
+        wmax = _ceil_to(max(s[1] for s in sizes), self.size_divisibility)
+        batch = self.pixel_mean.new_zeros(len(images), 3, hmax, wmax)
+        for i, im in enumerate(images):
+            x = (im.to(batch.device, torch.float32) - self.pixel_mean[0]) / self.pixel_std[0]
+            batch[i, :, : sizes[i][0], : sizes[i][1]] = x
+        return batch, sizes
+
+    # ---------------------------------------------------------------- inference
+    def network_size(self, h: int, w: int) -> tuple[int, int]:
+        """Padded network canvas for an image of size h x w: its test-resized size rounded up to 32."""
+        rh, rw = shortest_edge_size_py(h, w, self.min_size_test, self.max_size_test)
+        return _ceil_to(rh, self.size_divisibility), _ceil_to(rw, self.size_divisibility)
+
+    def preprocess(self, images: torch.Tensor, sizes: torch.Tensor,
+                   net_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 RGB canvas [B, 3, H, W] holding each image top-left at ``sizes`` -> normalised network input.
+
+        Resizes each image by the shortest-edge rule into a ``net_size`` canvas: bilinear (half-pixel) along the width,
+        rounded to 8 bits, then along the height, rounded again — the two passes of PIL's bilinear resize that
+        detectron2 uses, which this reproduces exactly when upscaling. Then channel order, mean/std, and zero padding.
+        """
+        resized = shortest_edge_size(sizes, self.min_size_test, self.max_size_test)
+        hn, wn = net_size
+        mat_h = interp_matrix(sizes[:, 0], resized[:, 0], images.shape[2], hn)  # [B, hn, H]
+        mat_w = interp_matrix(sizes[:, 1], resized[:, 1], images.shape[3], wn)  # [B, wn, W]
+        x = images.to(torch.float32)
+        x = _round_u8(torch.matmul(x, mat_w.transpose(1, 2).unsqueeze(1)))  # width pass  [B, 3, H, wn]
+        x = _round_u8(torch.matmul(mat_h.unsqueeze(1), x))  # height pass [B, 3, hn, wn]
+        if self.input_format == "BGR":
+            x = x.flip(1)
+        x = (x - self.pixel_mean) / self.pixel_std
+        inside = (mat_h.sum(2) > 0).to(x.dtype)[:, None, :, None] * (mat_w.sum(2) > 0).to(x.dtype)[:, None, None, :]
+        return x * inside, resized
+
+    def forward(self, images: torch.Tensor, sizes: torch.Tensor | None = None,
+                net_size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+        """Static end-to-end inference.
+
+        Args:
+            images: [B, 3, H, W] uint8 RGB; image i occupies the top-left ``sizes[i]`` of the canvas.
+            sizes: [B, 2] int64 (h, w); default: every image fills the canvas.
+            net_size: padded network canvas; default ``network_size(H, W)``. Images whose own ``network_size``
+                equals it get exactly the result they would get alone (GroupNorm and the official rescoring see
+                the padded canvas, so a bigger canvas changes results slightly).
+        Returns:
+            the fixed-size output dict of ``pfcn.inference.postprocess`` at the canvas size H x W.
+        """
+        b, _, h, w = images.shape
+        if sizes is None:
+            sizes = torch.tensor([[h, w]], dtype=torch.int64, device=images.device).expand(b, 2)
+        if net_size is None:
+            net_size = self.network_size(h, w)
+        x, resized = self.preprocess(images, sizes, net_size)
+        heads = self.forward_features(x)
+        return postprocess(heads, self.thing_generator, self.stuff_generator, resized, sizes, (h, w), self.params)
+
+
+def _ceil_to(x: int, div: int) -> int:
+    return int(math.ceil(x / div) * div)
+
+
+def _round_u8(x: torch.Tensor) -> torch.Tensor:
+    """Round half up and clip to 0..255, as PIL stores each resize pass in 8 bits."""
+    return torch.clamp(torch.floor(x + 0.5), 0.0, 255.0)
+
+
+def build_model(cfg) -> PanopticFCN:
+    """Build PanopticFCN from a config; the only place that reads cfg.MODEL for the network."""
+    m = cfg.MODEL
+    if m.META_ARCHITECTURE != "PanopticFCN":
+        raise ValueError(f"MODEL.META_ARCHITECTURE={m.META_ARCHITECTURE!r}: pfcn builds 'PanopticFCN' only")
+    r = m.RESNETS
+    bottom_up = ResNet(depth=r.DEPTH, norm=r.NORM, stem_out_channels=r.STEM_OUT_CHANNELS,
+                       res2_out_channels=r.RES2_OUT_CHANNELS, width_per_group=r.WIDTH_PER_GROUP * r.NUM_GROUPS,
+                       stride_in_1x1=r.STRIDE_IN_1X1, res5_dilation=r.RES5_DILATION, freeze_at=m.BACKBONE.FREEZE_AT)
+    if r.NUM_GROUPS != 1:
+        raise ValueError(f"MODEL.RESNETS.NUM_GROUPS={r.NUM_GROUPS}: grouped (ResNeXt) convs are not supported")
+    fpn = FPN(bottom_up, list(m.FPN.IN_FEATURES), m.FPN.OUT_CHANNELS, m.FPN.NORM)
+    sem = m.SEMANTIC_FPN
+    semantic_fpn = SemanticFPN(list(sem.IN_FEATURES), m.FPN.OUT_CHANNELS, LEVEL_STRIDES, sem.CONVS_DIM,
+                               sem.COMMON_STRIDE, sem.NORM)
+    enc = m.FEATURE_ENCODER
+    feature_encoder = FeatureEncoder(sem.CONVS_DIM, enc.CONVS_DIM, enc.NUM_CONVS, enc.DEFORM, enc.COORD, enc.NORM)
+    pos = m.POSITION_HEAD
+    position_head = PositionHead(m.FPN.OUT_CHANNELS, pos.CONVS_DIM, pos.NUM_CONVS, pos.THING.NUM_CLASSES,
+                                 pos.STUFF.NUM_CLASSES, pos.DEFORM, pos.COORD, pos.NORM, pos.THING.BIAS_VALUE)
+    ker = m.KERNEL_HEAD
+    kernel_head = KernelHead(m.FPN.OUT_CHANNELS, ker.CONVS_DIM, ker.NUM_CONVS, ker.DEFORM, ker.COORD, ker.NORM)
+    thing_generator = KernelGenerator(ker.CONVS_DIM, enc.CONVS_DIM)
+    stuff_generator = KernelGenerator(ker.CONVS_DIM, enc.CONVS_DIM)
+    if len(enc.IN_FEATURES) != 5:
+        raise ValueError(f"MODEL.FEATURE_ENCODER.IN_FEATURES={list(enc.IN_FEATURES)}: PanopticFCN uses 5 levels")
+    return PanopticFCN(fpn, semantic_fpn, feature_encoder, position_head, kernel_head, thing_generator,
+                       stuff_generator, list(enc.IN_FEATURES), list(m.PIXEL_MEAN), list(m.PIXEL_STD),
+                       cfg.INPUT.FORMAT, InferenceParams.from_cfg(cfg), cfg.INPUT.MIN_SIZE_TEST,
+                       cfg.INPUT.MAX_SIZE_TEST)

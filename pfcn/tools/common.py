@@ -1,0 +1,54 @@
+"""Flags shared by every pfcn command, defined once so that the commands speak one vocabulary.
+
+``--config --weights --device --out`` plus detectron2-style trailing ``KEY VALUE`` config overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pfcn.config import ConfigError, load_config
+
+
+def add_model_args(parser: argparse.ArgumentParser, weights_required: bool = False) -> None:
+    """--config, --weights, --device and the trailing config overrides."""
+    parser.add_argument("--config", required=True, help="config YAML (official PanopticFCN files load unchanged)")
+    parser.add_argument("--weights", required=weights_required, default=None,
+                        help="checkpoint (.pth, official or pfcn); overrides MODEL.WEIGHTS")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: cpu)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                        help="config overrides, e.g. MODEL.POSITION_HEAD.THING.THRES 0.2")
+
+
+def load_cfg(args: argparse.Namespace):
+    """The frozen config of ``--config`` + overrides, with MODEL.DEVICE and MODEL.WEIGHTS from the flags."""
+    opts = list(args.opts or [])
+    if opts and opts[0] == "--":
+        opts = opts[1:]
+    opts += ["MODEL.DEVICE", args.device]
+    if getattr(args, "weights", None):
+        opts += ["MODEL.WEIGHTS", str(args.weights)]
+    return load_config(args.config, opts)
+
+
+def fail(message: str, code: int = 2) -> "SystemExit":
+    """Print an error for a CLI user and return the SystemExit to raise."""
+    print(f"error: {message}", file=sys.stderr)
+    return SystemExit(code)
+
+
+def run_cli(main_body, argv=None) -> int:
+    """Run a command body, turning the errors a user can fix into one clear line and exit code 2."""
+    try:
+        return int(main_body(argv) or 0)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def ensure_dir(path: str | Path) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
