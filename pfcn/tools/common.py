@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -18,15 +19,43 @@ def add_model_args(parser: argparse.ArgumentParser, weights_required: bool = Fal
     parser.add_argument("--weights", required=weights_required, default=None,
                         help="checkpoint (.pth, official or pfcn); overrides MODEL.WEIGHTS")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: cpu)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
-                        help="config overrides, e.g. MODEL.POSITION_HEAD.THING.THRES 0.2")
+    parser.epilog = ((parser.epilog or "") + " Trailing KEY VALUE pairs override the config, e.g. "
+                     "MODEL.POSITION_HEAD.THING.THRES 0.2").strip()
+
+
+_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+
+
+def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None,
+                         positional: str | None = None) -> argparse.Namespace:
+    """Parse flags and collect detectron2-style ``KEY VALUE`` overrides into ``args.opts``.
+
+    Overrides may come anywhere after the flags or the positional arguments: the first token shaped like a config
+    key (``MODEL.X.Y``) starts them. Any other unknown token is an error.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(argv)
+    opts: list[str] = []
+    if positional is not None:
+        values = list(getattr(args, positional) or [])
+        for i, tok in enumerate(values):
+            if _KEY.match(tok):
+                opts, values = values[i:], values[:i]
+                break
+        setattr(args, positional, values)
+        if not values:
+            parser.error(f"the following arguments are required: {positional}")
+    if extra:
+        if not _KEY.match(extra[0]) and not (extra[0] == "--" and len(extra) > 1):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        opts += [t for t in extra if t != "--"]
+    args.opts = opts
+    return args
 
 
 def load_cfg(args: argparse.Namespace):
     """The frozen config of ``--config`` + overrides, with MODEL.DEVICE and MODEL.WEIGHTS from the flags."""
-    opts = list(args.opts or [])
-    if opts and opts[0] == "--":
-        opts = opts[1:]
+    opts = list(getattr(args, "opts", None) or [])
     opts += ["MODEL.DEVICE", args.device]
     if getattr(args, "weights", None):
         opts += ["MODEL.WEIGHTS", str(args.weights)]

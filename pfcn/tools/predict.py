@@ -21,7 +21,7 @@ from pfcn.evaluation.predictions_io import PanopticPredictionWriter
 from pfcn.image_io import ImageReadError, list_images, read_image
 from pfcn.predictor import Predictor
 from pfcn.result import overlay, save_summary
-from pfcn.tools.common import add_model_args, ensure_dir, load_cfg, run_cli
+from pfcn.tools.common import add_model_args, ensure_dir, load_cfg, parse_with_overrides, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_with_overrides(build_parser(), argv, positional="inputs")
     cfg = load_cfg(args)
     predictor = Predictor.from_files(cfg, args.weights, args.device)
     paths = list_images(args.inputs)
