@@ -23,7 +23,7 @@ import pytest
 import torch
 from torch import nn
 
-from oracle import OfficialInferenceError, _fuse_thing_kernels, _level_stuff, oracle_inference
+from .oracle import OfficialInferenceError, _fuse_thing_kernels, _level_stuff, oracle_inference
 
 NEG = -12.0
 C = 8  # kernel and embedding width in these tests
