@@ -87,8 +87,8 @@ def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def thing_candidates(centers: list[torch.Tensor], weights: list[torch.Tensor], p: InferenceParams):
     """Peak extraction and per-level top-k, as the official ``inference_single_level`` + ``topk_score``.
 
-    Each level keeps K = TOP_NUM/2 slots. The official K is min(h*w, TOP_NUM/2); a level smaller than that is padded
-    with -1 scores and the slots past h*w are marked invalid, which selects exactly the same candidates.
+    Each level keeps K = TOP_NUM/2 slots. The official K is min(h*w, TOP_NUM/2); here every level is padded with K
+    scores of -1 and the slots past h*w are marked invalid, which selects exactly the same candidates.
 
     Returns:
         scores [B, N] float, classes [B, N] int64, kernels [B, N, C] float, valid [B, N] bool, with N = 5 * K.
@@ -101,17 +101,15 @@ def thing_candidates(centers: list[torch.Tensor], weights: list[torch.Tensor], p
         prob = torch.sigmoid(center)
         prob = (prob + F.avg_pool2d(prob, pool, stride=1, padding=(pool - 1) // 2)) / 2.0
         prob = prob * (F.max_pool2d(prob, 3, stride=1, padding=1) == prob).to(prob.dtype)
-        flat = prob.reshape(b, t, h * w)
-        if h * w < k:  # static: depends on the feature shape only
-            flat = F.pad(flat, (0, k - h * w), value=NEG)
+        # K empty (-1) entries are always appended so that a level smaller than K never breaks the constant-K
+        # TopK, whatever the input size of an exported graph.
+        flat = F.pad(prob.reshape(b, t, h * w), (0, k), value=NEG)
         cls_scores, cls_index = torch.topk(flat, k, dim=2)  # [B, T, K] per-class top-k
         scores, sel = torch.topk(cls_scores.reshape(b, t * k), k, dim=1)  # [B, K] across classes
         classes = torch.div(sel, k, rounding_mode="floor")
         position = torch.gather(cls_index.reshape(b, t * k), 1, sel)
-        valid = scores > p.thing_thres
-        if h * w < k:
-            valid = valid & (torch.arange(k, device=center.device) < h * w).unsqueeze(0)
-        position = position.clamp(max=h * w - 1)
+        valid = (scores > p.thing_thres) & (torch.arange(k, device=center.device) < h * w).unsqueeze(0)
+        position = torch.minimum(position, torch.full_like(position, h * w - 1))
         c = weight.shape[1]
         kern = torch.gather(weight.reshape(b, c, h * w), 2, position.unsqueeze(1).expand(b, c, k))
         out_scores.append(scores)
@@ -135,18 +133,22 @@ def fuse_thing_kernels(scores, classes, kernels, valid, embed, p: InferenceParam
         scores [B, N], classes [B, N], kernels [B, N, E], valid [B, N], sorted by descending score.
     """
     key = torch.where(valid, scores, torch.full_like(scores, NEG))
-    order = torch.sort(key, dim=1, descending=True, stable=True).indices
+    order = torch.topk(key, key.shape[1], dim=1).indices  # a full descending sort as a constant-K TopK
     scores, classes, valid = (torch.gather(x, 1, order) for x in (scores, classes, valid))
     kernels = embed(_gather_rows(kernels, order))  # [B, N, E]
 
     unit = kernels / kernels.norm(dim=2, keepdim=True).clamp(min=1e-8)
     similarity = torch.matmul(unit, unit.transpose(1, 2))  # [B, N, N]
-    label = torch.triu(similarity) >= p.similar_thres
+    n = scores.shape[1]
+    index = torch.arange(n, device=scores.device)
+    upper = index.reshape(-1, 1) <= index.reshape(1, -1)  # triu(diagonal=0) as a constant mask
+    label = torch.where(upper, similarity, torch.zeros_like(similarity)) >= p.similar_thres
     if p.class_specific:
         label = label & (classes.unsqueeze(2) == classes.unsqueeze(1))
     label = label & valid.unsqueeze(2) & valid.unsqueeze(1)
     first_claim = torch.cumsum(label.to(kernels.dtype), dim=1) < 2
-    keep = torch.diagonal(first_claim, dim1=1, dim2=2) & valid
+    diagonal = index.reshape(-1, 1) == index.reshape(1, -1)
+    keep = (first_claim & diagonal).any(dim=2) & valid
     rows = (label & first_claim).to(kernels.dtype)
     fused = torch.matmul(rows, kernels) / rows.sum(dim=2, keepdim=True).clamp(min=1.0)
     return scores, classes, fused, keep
@@ -199,7 +201,7 @@ def thing_masks(scores, classes, kernels, valid, encoded, p: InferenceParams):
     scores = scores * seg_score
     valid = valid & (scores >= p.score_floor)
     key = torch.where(valid, scores, torch.full_like(scores, NEG))
-    order = torch.sort(key, dim=1, descending=True, stable=True).indices[:, : p.top_num]
+    order = torch.topk(key, p.top_num, dim=1).indices
     scores, classes, valid = (torch.gather(x, 1, order) for x in (scores, classes, valid))
     scores = torch.where(valid, scores, torch.zeros_like(scores))
     return scores, classes, valid, _gather_rows(probs, order)
