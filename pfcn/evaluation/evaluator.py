@@ -19,7 +19,7 @@ from pfcn.evaluation.instance_ap import InstanceAPAccumulator, encode_masks, thi
 from pfcn.evaluation.panoptic_format import PanopticFormatError, PanopticGroundTruth, PanopticImage, panoptic_image
 from pfcn.evaluation.panoptic_quality import PQStat, pq_image_stat
 from pfcn.evaluation.predictions_io import PanopticPredictions
-from pfcn.evaluation.semantic_miou import ConfusionMatrix, semantic_from_panoptic
+from pfcn.evaluation.semantic_miou import ConfusionMatrix
 
 __all__ = ["EvalState", "PanopticEvaluator", "evaluate_prediction_files"]
 
@@ -65,13 +65,17 @@ class PanopticEvaluator:
     def num_images(self) -> int:
         return len(self._state.image_ids)
 
-    def process(self, result: Any, image_id: Any = None) -> None:
-        """Score one `PanopticResult` (its ``image_id`` must be a GT image id, unless ``image_id`` is given)."""
+    def process(self, result: Any, image_id: Any = None, instance_rles: list[dict[str, Any]] | None = None) -> None:
+        """Score one `PanopticResult` (its ``image_id`` must be a GT image id, unless ``image_id`` is given).
+
+        ``instance_rles``: the instance masks already encoded with `encode_masks` (to encode them only once).
+        """
         image_id = result.image_id if image_id is None else image_id
         instances = None
         if self._state.ap is not None:
-            instances = (encode_masks(np.asarray(result.instance_masks, dtype=bool)),
-                         np.asarray(result.instance_scores).tolist(), np.asarray(result.instance_category_ids).tolist())
+            rles = encode_masks(result.instance_masks) if instance_rles is None else instance_rles
+            instances = (rles, np.asarray(result.instance_scores).tolist(),
+                         np.asarray(result.instance_category_ids).tolist())
         semantic = result.semantic if self._state.confusion is not None else None
         self.process_arrays(image_id, result.panoptic, result.segments_info, instances=instances, semantic=semantic)
 
@@ -114,8 +118,8 @@ class PanopticEvaluator:
         if self._state.confusion is not None:
             if semantic is None:
                 raise ValueError(f"{name}: the semantic map is missing but mIoU is enabled")
-            gt_sem = semantic_from_panoptic(gt_img.image, self.meta.stuff_ids, self.meta.thing_ids)
-            self._state.confusion.add(gt_sem, np.asarray(semantic), name=name)
+            self._state.confusion.add_panoptic(gt_img.image, np.asarray(semantic), self.meta.stuff_ids,
+                                               self.meta.thing_ids, name=name)
         self._seen.add(image_id)
         self._state.image_ids.append(image_id)
 

@@ -36,7 +36,13 @@ def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
         raise ValueError(f"instance masks must be [N, H, W], got shape {masks.shape}")
     if masks.shape[0] == 0:
         return []
-    rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    masks = masks.view(np.uint8) if masks.dtype == bool else (masks != 0).view(np.uint8)
+    return _encode_fortran(np.asfortranarray(masks.transpose(1, 2, 0)))
+
+
+def _encode_fortran(masks_hwn: np.ndarray) -> list[dict[str, Any]]:
+    """pycocotools' encode of a Fortran-ordered [H, W, N] uint8 array, with str counts."""
+    rles = mask_util.encode(masks_hwn)
     for rle in rles:
         rle["counts"] = rle["counts"].decode("ascii")
     return rles
@@ -52,8 +58,11 @@ def thing_instances_from_panoptic(image: PanopticImage, thing_ids: set[int] | fr
     keep = [k for k in range(len(table)) if int(table.category_ids[k]) in thing_ids]
     if not keep:
         return []
-    masks = image.ids[None, :, :] == table.ids[keep].astype(np.uint32)[:, None, None]  # [N, H, W]
-    rles = encode_masks(masks)
+    # COCO RLE runs down columns: compare on the transposed id map once, so that the [N, W, H] C-ordered masks are
+    # already the Fortran [H, W, N] array pycocotools wants (no per-mask transpose).
+    ids_t = np.ascontiguousarray(image.ids.T)  # [W, H]
+    masks = ids_t[None, :, :] == table.ids[keep].astype(np.uint32)[:, None, None]  # [N, W, H]
+    rles = _encode_fortran(masks.view(np.uint8).transpose(2, 1, 0))
     areas = mask_util.area(rles)
     boxes = mask_util.toBbox(rles)
     return [{"category_id": int(table.category_ids[k]), "segmentation": rle, "area": float(a),
@@ -113,7 +122,8 @@ class InstanceAPAccumulator:
             {"AP", "AP50", "AP75", "APs", "APm", "APl": percent (NaN where COCOeval has no GT: -1),
              "per_class": {category_id: AP percent or NaN}, "num_predictions": int, "log": pycocotools' printout}.
         """
-        key_to_int = {key: i + 1 for i, key in enumerate(self.images)}
+        # Number images in sorted id order, so that shards merged in any order rank tied scores identically.
+        key_to_int = {key: i + 1 for i, key in enumerate(sorted(self.images, key=_sort_key))}
         images = [{"id": key_to_int[k], "height": h, "width": w} for k, (h, w) in self.images.items()]
         cats = [{"id": int(c["id"]), "name": str(c.get("name", c["id"]))} for c in self.categories]
         gt_anns = [dict(a, id=i + 1, image_id=key_to_int[k]) for i, (k, a) in enumerate(self.gts)]
@@ -145,6 +155,11 @@ class InstanceAPAccumulator:
         out["num_predictions"] = len(dt_anns)
         out["log"] = log.getvalue()
         return out
+
+
+def _sort_key(key: Any) -> tuple[int, Any]:
+    """Orders int image ids numerically and any other ids by their text."""
+    return (0, key) if isinstance(key, (int, np.integer)) else (1, str(key))
 
 
 def _coco_from(images: list[dict[str, Any]], cats: list[dict[str, Any]], anns: list[dict[str, Any]]) -> COCO:

@@ -106,10 +106,12 @@ class PanopticPredictionWriter:
         if exc_type is None:
             self.close()
 
-    def add(self, result: Any, image_id: Any = None, file_name: str | None = None) -> None:
+    def add(self, result: Any, image_id: Any = None, file_name: str | None = None,
+            instance_rles: list[dict[str, Any]] | None = None) -> None:
         """Write one `pfcn.result.PanopticResult` (or an object with the same fields).
 
-        ``image_id``/``file_name`` override the result's own (they must match the ground truth's image ids).
+        ``image_id``/``file_name`` override the result's own (they must match the ground truth's image ids);
+        ``instance_rles`` are the instance masks already encoded (`encode_masks`), to encode them only once.
         """
         image_id = result.image_id if image_id is None else image_id
         name = _png_name(image_id, file_name or result.file_name)
@@ -123,7 +125,7 @@ class PanopticPredictionWriter:
                     for s in result.segments_info]
         self.annotations.append({"image_id": image_id, "file_name": name, "segments_info": segments})
         if self.with_instances:
-            rles = encode_masks(np.asarray(result.instance_masks, dtype=bool))
+            rles = encode_masks(result.instance_masks) if instance_rles is None else instance_rles
             for rle, score, cid in zip(rles, np.asarray(result.instance_scores).tolist(),
                                        np.asarray(result.instance_category_ids).tolist()):
                 self.instances.append({"image_id": image_id, "category_id": int(cid), "segmentation": rle,

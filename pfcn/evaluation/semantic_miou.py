@@ -24,20 +24,17 @@ import numpy as np
 
 from pfcn.evaluation.panoptic_format import PanopticFormatError, PanopticImage
 
-__all__ = ["IGNORE_LABEL", "semantic_from_panoptic", "ConfusionMatrix"]
+__all__ = ["IGNORE_LABEL", "semantic_lut", "semantic_from_panoptic", "ConfusionMatrix"]
 
 IGNORE_LABEL = 255
 
 
-def semantic_from_panoptic(image: PanopticImage, stuff_ids: Sequence[int], thing_ids: Sequence[int]) -> np.ndarray:
-    """The stuff-head GT map [H, W] uint8 of one panoptic image: things 0, stuff 1..S-1, crowd and VOID 255.
-
-    Pixels whose id is not in the segment list are ignored (255) too; the PQ step reports such ids as errors.
-    """
+def semantic_lut(image: PanopticImage, stuff_ids: Sequence[int], thing_ids: Sequence[int]) -> np.ndarray:
+    """Stuff-head label of each segment of ``image`` ([K + 1] uint8; the last entry, for VOID, is 255)."""
     stuff_label = {int(c): i + 1 for i, c in enumerate(stuff_ids)}
     things = {int(c) for c in thing_ids}
     table = image.table
-    lut = np.full(len(table) + 1, IGNORE_LABEL, dtype=np.uint8)  # last entry: VOID / unknown ids
+    lut = np.full(len(table) + 1, IGNORE_LABEL, dtype=np.uint8)
     for k in range(len(table)):
         cid = int(table.category_ids[k])
         if table.iscrowd[k]:
@@ -48,7 +45,15 @@ def semantic_from_panoptic(image: PanopticImage, stuff_ids: Sequence[int], thing
             lut[k] = stuff_label[cid]
         else:
             raise PanopticFormatError(f"{image.name}: category_id {cid} is neither a thing nor a stuff category")
-    return lut[table.positions(image.ids)]  # position -1 picks the last entry
+    return lut
+
+
+def semantic_from_panoptic(image: PanopticImage, stuff_ids: Sequence[int], thing_ids: Sequence[int]) -> np.ndarray:
+    """The stuff-head GT map [H, W] uint8 of one panoptic image: things 0, stuff 1..S-1, crowd and VOID 255.
+
+    Pixels whose id is not in the segment list are ignored (255) too; the PQ step reports such ids as errors.
+    """
+    return semantic_lut(image, stuff_ids, thing_ids)[image.table.positions(image.ids)]  # position -1: the last entry
 
 
 @dataclass
@@ -65,6 +70,9 @@ class ConfusionMatrix:
     matrix: np.ndarray = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
+        if not 1 <= self.num_classes < IGNORE_LABEL:
+            raise ValueError(f"num_classes must be in 1..{IGNORE_LABEL - 1} (labels are 8-bit, {IGNORE_LABEL} = "
+                             f"ignore), got {self.num_classes}")
         if self.matrix is None:
             self.matrix = np.zeros((self.num_classes + 1, self.num_classes + 1), dtype=np.int64)
         if not self.names:
@@ -88,6 +96,32 @@ class ConfusionMatrix:
                                       f"and is not {IGNORE_LABEL}")
         gt = np.where(gt == IGNORE_LABEL, n, gt)
         self.matrix += np.bincount((n + 1) * pred + gt, minlength=self.matrix.size).reshape(self.matrix.shape)
+
+    def add_panoptic(self, gt: PanopticImage, pred: np.ndarray, stuff_ids: Sequence[int], thing_ids: Sequence[int],
+                     name: str = "semantic prediction") -> None:
+        """Count one image against a panoptic GT, without building the GT label map pixel by pixel.
+
+        Same counts as ``add(semantic_from_panoptic(gt, ...), pred)``: the distinct (GT segment id, predicted label)
+        pairs are counted once, then each GT id is given its label.
+        """
+        pred = np.asarray(pred)
+        if gt.shape != pred.shape:
+            raise PanopticFormatError(f"{name}: shape {pred.shape} differs from the ground truth's {gt.shape}")
+        n = self.num_classes
+        if pred.size and (pred.min() < 0 or pred.max() >= n):
+            bad = pred[(pred < 0) | (pred >= n)].reshape(-1)[0]
+            raise PanopticFormatError(f"{name}: semantic label {int(bad)} is outside 0..{n - 1}")
+        key = gt.ids.astype(np.uint64).reshape(-1)
+        key <<= np.uint64(8)
+        key |= pred.reshape(-1).astype(np.uint64)  # labels < 255 fit in the low byte
+        key.sort()
+        starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1]))) if key.size else np.zeros(0, np.int64)
+        counts = np.diff(np.append(starts, key.size))
+        pairs = key[starts]
+        gt_label = semantic_lut(gt, stuff_ids, thing_ids)[gt.table.positions(pairs >> np.uint64(8))].astype(np.int64)
+        gt_label[gt_label == IGNORE_LABEL] = n
+        pred_label = (pairs & np.uint64(255)).astype(np.int64)
+        np.add.at(self.matrix, (pred_label, gt_label), counts)
 
     def merge(self, other: "ConfusionMatrix") -> None:
         if other.matrix.shape != self.matrix.shape:

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 from tqdm import tqdm
 
-from pfcn.evaluation import (PanopticEvaluator, PanopticGroundTruth, PanopticPredictionWriter,
+from pfcn.evaluation import (PanopticEvaluator, PanopticGroundTruth, PanopticPredictionWriter, encode_masks,
                              evaluate_prediction_files, format_table, write_metrics_json, write_report_md)
 from pfcn.image_io import IMAGE_SUFFIXES, read_image
 from pfcn.metadata import CategoryMeta
@@ -162,8 +162,9 @@ def _evaluate_model(args: argparse.Namespace, gt: PanopticGroundTruth, images: P
         writer = PanopticPredictionWriter(out / "predictions", gt.meta)
         for image_id, result in predict_dataset(predictor, gt, images, image_ids, args.batch,
                                                 progress=not args.no_progress and rank == 0):
-            writer.add(result, image_id=image_id)
-            evaluator.process(result, image_id=image_id)
+            rles = encode_masks(result.instance_masks)
+            writer.add(result, image_id=image_id, instance_rles=rles)
+            evaluator.process(result, image_id=image_id, instance_rles=rles)
         if world > 1:
             gathered = _gather((evaluator.state(), writer.entries()), rank, world)
             if rank != 0:

@@ -4,6 +4,7 @@ and the errors a user sees."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -23,6 +24,17 @@ from tests.pfcn.evaluation.panoptic_fixtures import SAMPLE, perfect_results
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "PanopticFCN-R50-1x.yaml"
 SMALL = ["INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96"]
+
+
+def _close(a, b) -> bool:
+    """Nested equality with floats compared to a relative 1e-12."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12)
+    return a == b
 
 
 def _tiny_coco_set(root: Path, n: int) -> list[str]:
@@ -135,9 +147,9 @@ def test_torchrun_shards_equal_one_process(tmp_path: Path) -> None:
     assert main([*common, "--out", str(tmp_path / "single")]) == 0
     ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     single = json.loads((tmp_path / "single" / "metrics.json").read_text())
-    assert ddp["num_images"] == 3
-    for key in ("panoptic", "instance", "semantic"):
-        assert ddp[key] == single[key]
+    assert ddp["num_images"] == 3 and ddp["instance"]["num_predictions"] > 0 and ddp["semantic"]["pACC"] > 0
+    for key in ("panoptic", "instance", "semantic"):  # IoU sums may add up in another order: compare to 1e-12
+        assert _close(ddp[key], single[key]), key
     names = sorted(a["file_name"] for a in json.loads((tmp_path / "ddp" / "predictions" / "panoptic.json")
                                                       .read_text())["annotations"])
     assert names == ["0.png", "1.png", "2.png"]

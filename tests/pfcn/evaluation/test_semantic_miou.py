@@ -61,3 +61,27 @@ def test_semantic_from_panoptic() -> None:
     # things -> 0, stuff 8 -> 1 and 7 -> 2 (stuff-head order), crowd and VOID -> 255
     assert sem.tolist() == [[0, 0, 1, 255], [2, 255, 255, 0]]
     assert sem.dtype == np.uint8
+
+
+def test_add_panoptic_equals_add_on_the_label_map() -> None:
+    from tests.pfcn.evaluation.panoptic_fixtures import SAMPLE
+
+    from pfcn.evaluation.panoptic_format import PanopticGroundTruth
+
+    gt = PanopticGroundTruth(SAMPLE / "panoptic_examples.json")
+    rng = np.random.default_rng(0)
+    for image_id in gt.image_ids:
+        image = gt.load(image_id).image
+        pred = rng.integers(0, gt.meta.num_stuff, image.shape)
+        pred[:100] = 0
+        slow, fast = ConfusionMatrix(gt.meta.num_stuff), ConfusionMatrix(gt.meta.num_stuff)
+        slow.add(semantic_from_panoptic(image, gt.meta.stuff_ids, gt.meta.thing_ids), pred)
+        fast.add_panoptic(image, pred, gt.meta.stuff_ids, gt.meta.thing_ids)
+        assert np.array_equal(slow.matrix, fast.matrix) and slow.matrix[:, -1].sum() > 0
+    with pytest.raises(PanopticFormatError, match="semantic label 54 is outside 0..53"):
+        fast.add_panoptic(image, np.full(image.shape, 54), gt.meta.stuff_ids, gt.meta.thing_ids)
+
+
+def test_too_many_classes() -> None:
+    with pytest.raises(ValueError, match="num_classes must be in 1..254"):
+        ConfusionMatrix(300)
