@@ -21,7 +21,7 @@ from pfcn.evaluation.panoptic_quality import PQStat, pq_image_stat
 from pfcn.evaluation.predictions_io import PanopticPredictions
 from pfcn.evaluation.semantic_miou import ConfusionMatrix
 
-__all__ = ["EvalState", "PanopticEvaluator", "evaluate_prediction_files"]
+__all__ = ["EvalState", "PanopticEvaluator", "evaluate_prediction_files", "match_predictions"]
 
 
 @dataclass
@@ -176,26 +176,51 @@ class PanopticEvaluator:
         }
 
 
+def match_predictions(gt: PanopticGroundTruth, preds: PanopticPredictions) -> dict[Any, Any]:
+    """Pair every GT image with its prediction: GT image_id -> prediction image_id.
+
+    By image_id first; a prediction whose image_id the GT lacks is matched by its PNG file_name instead (so files
+    from ``pfcn-predict IMAGE_DIR``, whose ids are file stems, score against a COCO GT with integer ids). A GT image
+    without a prediction, or a prediction that matches no GT image, is an error.
+    """
+    by_file = {ann["file_name"]: image_id for image_id, ann in gt.annotations.items()}
+    pairs: dict[Any, Any] = {}
+    unmatched = []
+    for pred_id, ann in preds.annotations.items():
+        gt_id = pred_id if pred_id in gt.annotations else by_file.get(ann["file_name"])
+        if gt_id is None:
+            unmatched.append(pred_id)
+        elif gt_id in pairs:
+            raise PanopticFormatError(f"{preds.json_path}: image_ids {pairs[gt_id]!r} and {pred_id!r} both match "
+                                      f"ground-truth image {gt_id!r}")
+        else:
+            pairs[gt_id] = pred_id
+    if unmatched:
+        raise PanopticFormatError(f"{preds.json_path}: predictions for image_id(s) {unmatched[:10]} match no image "
+                                  f"of {gt.json_path} (by image_id or PNG file_name)")
+    missing = [i for i in gt.image_ids if i not in pairs]
+    if missing:
+        raise PanopticFormatError(f"{preds.json_path}: no prediction for image_id(s) {missing[:10]} of {gt.json_path}"
+                                  + (f" (and {len(missing) - 10} more)" if len(missing) > 10 else ""))
+    return pairs
+
+
 def evaluate_prediction_files(gt: PanopticGroundTruth, predictions: str | Path, *, progress: bool = True,
                               count_pred_only_classes: bool = True) -> dict[str, Any]:
     """Score a prediction folder/JSON (see `pfcn.evaluation.predictions_io`) against ``gt``.
 
-    AP is computed when the predictions carry an instances file, mIoU when they carry a semantic folder.
+    Images are paired by `match_predictions`. AP is computed when the predictions carry an instances file, mIoU
+    when they carry a semantic folder.
     """
     preds = PanopticPredictions(predictions)
-    extra = [i for i in preds.image_ids if i not in gt.annotations]
-    if extra:
-        raise PanopticFormatError(f"{preds.json_path}: predictions for image_id(s) {extra[:10]} "
-                                  f"that {gt.json_path} lacks")
-    missing = [i for i in gt.image_ids if i not in preds.annotations]
-    if missing:
-        raise PanopticFormatError(f"{preds.json_path}: no prediction for image_id(s) {missing[:10]} of {gt.json_path}")
+    pairs = match_predictions(gt, preds)
     ev = PanopticEvaluator(gt, instance_ap=preds.instances is not None, semantic=preds.semantic_folder is not None,
                            count_pred_only_classes=count_pred_only_classes)
     for image_id in tqdm(gt.image_ids, desc="scoring", unit="img", disable=not progress):
-        pred = preds.load_panoptic(image_id, gt.categories)
+        pred_id = pairs[image_id]
+        pred = preds.load_panoptic(pred_id, gt.categories)
         ev.process_arrays(image_id, pred, None,
-                          instances=preds.load_instances(image_id) if preds.instances is not None else None,
-                          semantic=preds.load_semantic(image_id) if preds.semantic_folder is not None else None,
-                          name=str(preds.folder / preds.annotations[image_id]["file_name"]))
+                          instances=preds.load_instances(pred_id) if preds.instances is not None else None,
+                          semantic=preds.load_semantic(pred_id) if preds.semantic_folder is not None else None,
+                          name=str(preds.folder / preds.annotations[pred_id]["file_name"]))
     return ev.evaluate()

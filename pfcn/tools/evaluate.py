@@ -184,8 +184,8 @@ def _evaluate_model(args: argparse.Namespace, gt: PanopticGroundTruth, images: P
 
 def _main(argv: list[str] | None) -> int:
     args = parse_with_overrides(build_parser(), argv)
-    start = time.perf_counter()
     gt, images = _ground_truth(args)
+    start = time.perf_counter()
     out = ensure_dir(args.out)
     if args.predictions:
         if args.config or args.weights:

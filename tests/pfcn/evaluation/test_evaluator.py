@@ -131,3 +131,18 @@ def test_missing_ground_truth_files(tmp_path: Path) -> None:
     gt = PanopticGroundTruth(tmp_path / "gt.json")
     with pytest.raises(FileNotFoundError, match=r"gt[/\\]000000142238\.png: panoptic PNG not found"):
         gt.load(142238)
+
+
+def test_predictions_match_by_file_name_when_ids_differ(gt: PanopticGroundTruth, tmp_path: Path) -> None:
+    """pfcn-predict names images by file stem; such files still pair with the COCO GT's integer ids."""
+    results = perfect_results(gt)
+    for r in results:
+        r.image_id = Path(r.file_name).stem  # "000000142238", as pfcn-predict writes it
+    write_panoptic_predictions(results, tmp_path, gt.meta)
+    res = evaluate_prediction_files(gt, tmp_path, progress=False)
+    assert res["panoptic"]["All"]["PQ"] == 100.0 and res["instance"]["AP"] == 100.0
+    data = json.loads((tmp_path / "panoptic.json").read_text())
+    data["annotations"][0]["file_name"] = "other.png"
+    (tmp_path / "panoptic.json").write_text(json.dumps(data))
+    with pytest.raises(PanopticFormatError, match=r"image_id\(s\) \['000000142238'\] match no image"):
+        evaluate_prediction_files(gt, tmp_path, progress=False)
