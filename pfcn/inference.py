@@ -109,9 +109,9 @@ def thing_candidates(centers: list[torch.Tensor], weights: list[torch.Tensor], p
         classes = torch.div(sel, k, rounding_mode="floor")
         position = torch.gather(cls_index.reshape(b, t * k), 1, sel)
         valid = (scores > p.thing_thres) & (torch.arange(k, device=center.device) < h * w).unsqueeze(0)
-        position = torch.minimum(position, torch.full_like(position, h * w - 1))
         c = weight.shape[1]
-        kern = torch.gather(weight.reshape(b, c, h * w), 2, position.unsqueeze(1).expand(b, c, k))
+        padded = F.pad(weight.reshape(b, c, h * w), (0, k))  # positions of padding entries gather zeros
+        kern = torch.gather(padded, 2, position.unsqueeze(1).expand(b, c, k))
         out_scores.append(scores)
         out_classes.append(classes)
         out_kernels.append(kern.transpose(1, 2))  # [B, K, C]
@@ -242,7 +242,7 @@ def panoptic_merge(masks: torch.Tensor, scores: torch.Tensor, valid: torch.Tenso
     """
     b, k, h, w = masks.shape
     active = valid & (scores >= p.combine_inst_thresh)
-    occupied = torch.zeros(b, h, w, dtype=torch.bool, device=masks.device)
+    occupied = torch.zeros_like(masks[:, 0])
     accepted, areas = [], []
     for i in range(k):  # fixed trip count: the loop unrolls into a static graph
         m = masks[:, i] & active[:, i].reshape(b, 1, 1)

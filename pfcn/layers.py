@@ -127,11 +127,25 @@ def coord_features(feat: torch.Tensor) -> torch.Tensor:
     This is the official CoordConv input (``meshgrid(linspace(H), linspace(W))`` with 'ij' indexing).
     """
     n, _, h, w = feat.shape
-    ys = torch.linspace(-1, 1, h, device=feat.device, dtype=feat.dtype)
-    xs = torch.linspace(-1, 1, w, device=feat.device, dtype=feat.dtype)
+    ys = linspace_pm1(h, feat)
+    xs = linspace_pm1(w, feat)
     grid_y = ys.reshape(1, 1, h, 1).expand(n, 1, h, w)
     grid_x = xs.reshape(1, 1, 1, w).expand(n, 1, h, w)
     return torch.cat([feat, grid_y, grid_x], dim=1)
+
+
+def linspace_pm1(steps, like: torch.Tensor) -> torch.Tensor:
+    """``torch.linspace(-1, 1, steps)``, exported as arange arithmetic.
+
+    ONNX export turns ``linspace`` into a division by ``steps - 1``, which is NaN for a one-pixel level (P7 of a
+    small image) in a dynamic-size graph. Eager PyTorch keeps the official ``linspace``; the exported graph computes
+    -1 + i * 2 / (steps - 1) (-1 for a single step), which differs from it by at most a few float32 ulps.
+    """
+    if not torch.onnx.is_in_onnx_export():
+        return torch.linspace(-1, 1, steps, device=like.device, dtype=like.dtype)
+    index = torch.arange(steps, device=like.device).to(like.dtype)
+    last = torch.clamp(torch.ones_like(index[:1]) * (index.shape[0] - 1), min=1.0)
+    return -1.0 + index * (2.0 / last)
 
 
 def c2_msra_fill(module: nn.Conv2d) -> None:

@@ -86,6 +86,13 @@ class PanopticFCN(nn.Module):
         rh, rw = shortest_edge_size_py(h, w, self.min_size_test, self.max_size_test)
         return _ceil_to(rh, self.size_divisibility), _ceil_to(rw, self.size_divisibility)
 
+    def network_size_tensor(self, hw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``network_size`` on a [2] int64 tensor (a traced input shape), for graphs with dynamic sizes."""
+        r = shortest_edge_size(hw.reshape(1, 2), self.min_size_test, self.max_size_test)[0]
+        div = self.size_divisibility
+        net = torch.div(r + (div - 1), div, rounding_mode="floor") * div
+        return net[0], net[1]
+
     def preprocess(self, images: torch.Tensor, sizes: torch.Tensor,
                    net_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 RGB canvas [B, 3, H, W] holding each image top-left at ``sizes`` -> normalised network input.
@@ -94,8 +101,12 @@ class PanopticFCN(nn.Module):
         rounded to 8 bits, then along the height, rounded again — the two passes of PIL's bilinear resize that
         detectron2 uses, which this reproduces exactly when upscaling. Then channel order, mean/std, and zero padding.
         """
-        resized = shortest_edge_size(sizes, self.min_size_test, self.max_size_test)
         hn, wn = net_size
+        resized = shortest_edge_size(sizes, self.min_size_test, self.max_size_test)
+        # An image whose resized size does not fit the canvas (a fixed-size graph fed an image of another aspect
+        # ratio) is squeezed into it rather than cropped; within its own canvas this never triggers.
+        limit = torch.stack([torch.as_tensor(hn), torch.as_tensor(wn)]).to(resized).reshape(1, 2)
+        resized = torch.minimum(resized, limit)
         mat_h = interp_matrix(sizes[:, 0], resized[:, 0], images.shape[2], hn)  # [B, hn, H]
         mat_w = interp_matrix(sizes[:, 1], resized[:, 1], images.shape[3], wn)  # [B, wn, W]
         x = images.to(torch.float32)

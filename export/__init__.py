@@ -1,0 +1,1 @@
+"""Export: PanopticFCN as static ONNX graphs (end-to-end or network-only), checked for TensorRT."""

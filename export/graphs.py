@@ -1,0 +1,88 @@
+"""The modules that are exported: thin wrappers that fix the graph's inputs and outputs.
+
+They hold no logic of their own: each calls the model's static forward (``pfcn.model`` / ``pfcn.inference``) and
+returns a flat tuple in the order of its ``output_names``, so that every runtime reads outputs by name.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pfcn.inference import OUTPUT_NAMES, InferenceParams, fuse_thing_kernels, stuff_kernels, thing_candidates
+from pfcn.metadata import CategoryMeta
+from pfcn.model import PanopticFCN
+
+E2E_INPUTS = ("images", "sizes")
+E2E_OUTPUTS = OUTPUT_NAMES + ("instance_category_ids", "segment_category_ids")
+NETWORK_INPUTS = ("images", "resized_sizes")
+NETWORK_OUTPUTS = ("thing_scores", "thing_classes", "thing_kernels", "thing_valid", "stuff_scores", "stuff_kernels",
+                   "stuff_valid", "encoded")
+
+
+def _category_tables(meta: CategoryMeta) -> tuple[torch.Tensor, torch.Tensor]:
+    things = torch.tensor(meta.thing_ids, dtype=torch.int64)
+    stuff = torch.tensor((0,) + meta.stuff_ids, dtype=torch.int64)  # stuff-head label 0 ("things") has no id
+    return things, stuff
+
+
+class EndToEndGraph(nn.Module):
+    """uint8 RGB images at their original size -> the complete panoptic result, with dataset category ids.
+
+    Inputs: ``images`` [B, 3, H, W] uint8 RGB, image i top-left in the canvas; ``sizes`` [B, 2] int64 (h, w).
+    ``net_size`` None makes the network canvas follow the input size (dynamic graphs); a pair fixes it.
+    """
+
+    def __init__(self, model: PanopticFCN, meta: CategoryMeta, net_size: tuple[int, int] | None):
+        super().__init__()
+        self.model = model
+        self.net_size = net_size
+        things, stuff = _category_tables(meta)
+        self.register_buffer("thing_ids", things, persistent=False)
+        self.register_buffer("stuff_ids", stuff, persistent=False)
+
+    def forward(self, images: torch.Tensor, sizes: torch.Tensor):
+        if self.net_size is None:
+            hw = torch._shape_as_tensor(images)[2:]
+            net = self.model.network_size_tensor(hw)
+        else:
+            net = self.net_size
+        out = self.model(images, sizes, net)
+        k = out["instance_classes"].shape[1]
+        inst_ids = self.thing_ids[out["instance_classes"]] * out["instance_valid"].to(torch.int64)
+        seg_cls = out["segment_classes"]
+        seg_ids = torch.cat([self.thing_ids[seg_cls[:, :k]], self.stuff_ids[seg_cls[:, k:]]], dim=1)
+        seg_ids = seg_ids * out["segment_valid"].to(torch.int64)
+        return tuple(out[name] for name in OUTPUT_NAMES) + (inst_ids, seg_ids)
+
+
+class NetworkGraph(nn.Module):
+    """Resized uint8 RGB images -> fused thing kernels, stuff kernels and the encoded feature.
+
+    For applications that run the mask products and the merge themselves. Inputs: ``images`` [B, 3, Hn, Wn] uint8
+    RGB already resized by the shortest-edge rule and placed top-left (Hn, Wn multiples of 32); ``resized_sizes``
+    [B, 2] int64, the resized image sizes (pixels beyond them are treated as padding).
+    Masks are ``sigmoid(kernels @ encoded)`` at stride 4 (see ``pfcn.inference.thing_masks``).
+    """
+
+    def __init__(self, model: PanopticFCN, params: InferenceParams):
+        super().__init__()
+        self.model = model
+        self.params = params
+
+    def forward(self, images: torch.Tensor, resized_sizes: torch.Tensor):
+        m = self.model
+        x = images.to(torch.float32)
+        if m.input_format == "BGR":
+            x = x.flip(1)
+        x = (x - m.pixel_mean) / m.pixel_std
+        h, w = x.shape[2], x.shape[3]
+        rows = torch.arange(h, device=x.device).reshape(1, 1, -1, 1) < resized_sizes[:, 0].reshape(-1, 1, 1, 1)
+        cols = torch.arange(w, device=x.device).reshape(1, 1, 1, -1) < resized_sizes[:, 1].reshape(-1, 1, 1, 1)
+        x = x * (rows & cols).to(x.dtype)
+        heads = m.forward_features(x)
+        scores, classes, kernels, valid = thing_candidates(heads.centers, heads.weights, self.params)
+        scores, classes, kernels, valid = fuse_thing_kernels(scores, classes, kernels, valid, m.thing_generator,
+                                                             self.params)
+        st_scores, st_kernels, st_valid = stuff_kernels(heads.regions, heads.weights, m.stuff_generator, self.params)
+        return scores, classes, kernels, valid, st_scores, st_kernels, st_valid, heads.encoded

@@ -1,0 +1,1 @@
+"""Runtimes that execute exported graphs (ONNX Runtime; TensorRT behind an import guard)."""
