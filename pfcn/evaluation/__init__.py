@@ -10,7 +10,7 @@ Read top to bottom:
     report            -> console table, metrics.json, report.md
 """
 
-from pfcn.evaluation.evaluator import EvalState, PanopticEvaluator, evaluate_prediction_files
+from pfcn.evaluation.evaluator import EvalState, PanopticEvaluator, evaluate_prediction_files, match_predictions
 from pfcn.evaluation.instance_ap import InstanceAPAccumulator, encode_masks
 from pfcn.evaluation.panoptic_format import (PanopticFormatError, PanopticGroundTruth, id2rgb, read_panoptic_png,
                                              rgb2id)
@@ -22,7 +22,7 @@ from pfcn.evaluation.semantic_miou import ConfusionMatrix, semantic_from_panopti
 __all__ = [
     "ConfusionMatrix", "EvalState", "InstanceAPAccumulator", "PQStat", "PanopticEvaluator", "PanopticFormatError",
     "PanopticGroundTruth", "PanopticPredictionWriter", "PanopticPredictions", "encode_masks",
-    "evaluate_prediction_files", "format_table", "id2rgb", "pq_compute_arrays", "pq_compute_files",
+    "evaluate_prediction_files", "format_table", "id2rgb", "match_predictions", "pq_compute_arrays", "pq_compute_files",
     "read_panoptic_png", "rgb2id", "semantic_from_panoptic", "write_metrics_json", "write_panoptic_predictions",
     "write_report_md",
 ]

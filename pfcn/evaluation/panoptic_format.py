@@ -1,10 +1,9 @@
 """The COCO panoptic format as the evaluator reads it: PNG ids, segment lists, ground-truth sets.
 
 A COCO panoptic annotation is a PNG whose pixel colour encodes a segment id (id = R + 256 G + 256^2 B, 0 = VOID)
-plus a JSON ``segments_info`` list that gives each id its category. Every metric starts by mapping the PNG's ids to
-positions in that list, so this is done once here, vectorised, and it is also where inconsistent files are caught:
-panopticapi raises a bare KeyError (or silently miscounts) on them; we raise `PanopticFormatError` naming the file
-and the segment id.
+plus a JSON ``segments_info`` list that gives each id its category. Every metric needs the two together, so this is
+where they are read, paired and checked: panopticapi raises a bare KeyError (or silently miscounts) on inconsistent
+files; we raise `PanopticFormatError` naming the file and the segment id.
 """
 
 from __future__ import annotations
