@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,6 +22,18 @@ from .metadata import CategoryMeta
 
 class CheckpointError(ValueError):
     """A checkpoint is unreadable, unsafe, or does not match the model; the message names the file."""
+
+
+# How torch's weights-only unpickler names the class or function a file would have to import.
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+
+
+def _unpickler_reason(message: str) -> str:
+    """The informative part of torch's long weights-only error (what follows "WeightsUnpickler error:")."""
+    found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", message)
+    if found:
+        return found.group(1).strip()
+    return message.strip().splitlines()[0] if message.strip() else "unknown error"
 
 
 def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
@@ -35,12 +48,17 @@ def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        unsafe = _UNSAFE_GLOBAL.search(str(e))
+        if unsafe is None:
+            # The weights-only unpickler also raises this for bytes that are no pickle at all.
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint (torch.load cannot parse it: "
+                                  f"{_unpickler_reason(str(e))})") from e
         raise CheckpointError(
-            f"{path}: refused to load: the file needs arbitrary unpickling, which can run code. pfcn only loads "
-            f"tensors and plain containers (torch.load(weights_only=True)). Re-save it as a plain state_dict: "
-            f"torch.save(model.state_dict(), ...). Details: {str(e).splitlines()[0]}") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
+            f"{path}: refused to load: the file needs arbitrary unpickling, which can run code (it refers to "
+            f"{unsafe.group(1)}). pfcn only loads tensors and plain containers (torch.load(weights_only=True)). "
+            f"Re-save it as a plain state_dict: torch.save(model.state_dict(), ...).") from e
+    except Exception as e:  # torch.load raises KeyError, RuntimeError, EOFError... on files that are no checkpoint
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(data, Mapping):
         raise CheckpointError(f"{path}: expected a state_dict or {{'model': state_dict}}, got {type(data).__name__}")
     if "model" in data and isinstance(data["model"], Mapping):

@@ -19,13 +19,14 @@ class ImageReadError(ValueError):
     """An image file is missing, unreadable or of an unsupported kind."""
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
-    """Scale integer or float pixel data of any depth to 0..255."""
+def _to_uint8(array: np.ndarray, maxval: int | None = None) -> np.ndarray:
+    """Scale integer or float pixel data of any depth to 0..255 (integers: 0..maxval, guessed when None)."""
     if array.dtype == np.uint8:
         return array
     if np.issubdtype(array.dtype, np.integer):
-        # 16-bit (or 32-bit "I" mode holding 16-bit data): keep the top 8 bits of a 16-bit range.
-        maxval = 65535 if array.max(initial=0) > 255 else 255
+        if maxval is None:
+            # 32-bit "I" mode says nothing about the range: 16-bit data unless every value fits 8 bits.
+            maxval = 65535 if array.max(initial=0) > 255 else 255
         return np.clip(np.round(array.astype(np.float64) * 255.0 / maxval), 0, 255).astype(np.uint8)
     finite = np.nan_to_num(array.astype(np.float64))
     hi = 1.0 if finite.max(initial=0) <= 1.0 else 255.0
@@ -37,7 +38,8 @@ def pil_to_rgb(img: Image.Image) -> np.ndarray:
     img = ImageOps.exif_transpose(img)
     mode = img.mode
     if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        gray = _to_uint8(np.asarray(img))
+        # A 16-bit mode is 16-bit whatever its content: a dark 16-bit image must stay dark.
+        gray = _to_uint8(np.asarray(img), 65535 if mode.startswith("I;16") else None)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         # Drop alpha the way detectron2's reader does (convert to RGB), without blending.

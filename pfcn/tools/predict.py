@@ -39,21 +39,27 @@ def _main(argv: list[str] | None) -> int:
     args = parse_with_overrides(build_parser(), argv, positional="inputs")
     cfg = load_cfg(args)
     predictor = Predictor.from_files(cfg, args.weights, args.device)
-    paths = list_images(args.inputs)
+    paths = list(dict.fromkeys(list_images(args.inputs)))  # a file named twice (folder + file) is predicted once
     if not paths:
         raise FileNotFoundError(f"no images found in {args.inputs}")
     out = ensure_dir(args.out)
     json_dir, overlay_dir = ensure_dir(out / "json"), ensure_dir(out / "overlays")
     failures: list[tuple[Path, str]] = []
+    owners: dict[str, Path] = {}  # outputs are named after the file stem: two files with one stem cannot both be written
     start = time.perf_counter()
     done = 0
     with PanopticPredictionWriter(out, predictor.meta) as writer:
         for path in tqdm(paths, desc="pfcn-predict", unit="img"):
+            if path.stem in owners:
+                failures.append((path, f"skipped: its outputs would overwrite those of {owners[path.stem]} "
+                                       f"(both are named {path.stem!r}); rename one of them"))
+                continue
             try:
                 image = read_image(path)
             except ImageReadError as e:
                 failures.append((path, str(e)))
                 continue
+            owners[path.stem] = path
             result = predictor.predict([image], file_names=[path.name], image_ids=[path.stem])[0]
             writer.add(result)
             save_summary(result, predictor.meta, json_dir / f"{path.stem}.json")
