@@ -132,14 +132,14 @@ def fuse_thing_kernels(scores, classes, kernels, valid, embed, p: InferenceParam
     Returns:
         scores [B, N], classes [B, N], kernels [B, N, E], valid [B, N], sorted by descending score.
     """
+    n = int(scores.shape[1])  # 5 levels x TOP_NUM/2 slots, whatever the image size: a constant in the graph
     key = torch.where(valid, scores, torch.full_like(scores, NEG))
-    order = torch.topk(key, key.shape[1], dim=1).indices  # a full descending sort as a constant-K TopK
+    order = torch.topk(key, n, dim=1).indices  # a full descending sort as a constant-K TopK
     scores, classes, valid = (torch.gather(x, 1, order) for x in (scores, classes, valid))
     kernels = embed(_gather_rows(kernels, order))  # [B, N, E]
 
     unit = kernels / kernels.norm(dim=2, keepdim=True).clamp(min=1e-8)
     similarity = torch.matmul(unit, unit.transpose(1, 2))  # [B, N, N]
-    n = scores.shape[1]
     index = torch.arange(n, device=scores.device)
     upper = index.reshape(-1, 1) <= index.reshape(1, -1)  # triu(diagonal=0) as a constant mask
     label = torch.where(upper, similarity, torch.zeros_like(similarity)) >= p.similar_thres

@@ -13,24 +13,33 @@ import torch
 
 
 def shortest_edge_size(sizes: torch.Tensor, short: int, max_size: int) -> torch.Tensor:
-    """Resized (h, w) of each image by detectron2's ResizeShortestEdge rule, as tensors.
+    """Resized (h, w) of each image by detectron2's ResizeShortestEdge rule, in exact integer arithmetic.
+
+    detectron2 scales the shorter side to ``short``, caps the longer at ``max_size`` and rounds with
+    ``int(x + 0.5)`` in float64. Here every quantity is a ratio of int64 products, rounded half up exactly, so the
+    graph needs neither float64 (absent from TensorRT) nor float32 (which misrounds sizes that end in .5).
 
     Args:
         sizes: [B, 2] int64 original (h, w).
-        short: target length of the shorter side (INPUT.MIN_SIZE_TEST).
-        max_size: cap on the longer side (INPUT.MAX_SIZE_TEST).
     Returns:
-        [B, 2] int64 resized (h, w): ``int(x + 0.5)`` of the scaled sizes, as detectron2 rounds.
+        [B, 2] int64 resized (h, w).
     """
-    hw = sizes.to(torch.float32)
-    h, w = hw[:, 0], hw[:, 1]
-    scale = short / torch.minimum(h, w)
-    newh = torch.where(h < w, torch.full_like(h, float(short)), scale * h)
-    neww = torch.where(h < w, scale * w, torch.full_like(w, float(short)))
-    longest = torch.maximum(newh, neww)
-    cap = torch.where(longest > max_size, max_size / longest, torch.ones_like(longest))
-    newh, neww = newh * cap, neww * cap
-    return torch.stack([torch.floor(newh + 0.5), torch.floor(neww + 0.5)], dim=1).to(torch.int64)
+    sizes = sizes.to(torch.int64)
+    h, w = sizes[:, 0], sizes[:, 1]
+    small, large = torch.minimum(h, w), torch.maximum(h, w)
+    capped = short * large > max_size * small  # the longer side would exceed max_size
+    # uncapped: short side = short, long side = short * large / small; capped: long = max_size, short scaled
+    new_small = torch.where(capped, _round_ratio(max_size * small, large), torch.full_like(small, short))
+    new_large = torch.where(capped, torch.full_like(large, max_size), _round_ratio(short * large, small))
+    h_is_small = h < w
+    new_h = torch.where(h_is_small, new_small, new_large)
+    new_w = torch.where(h_is_small, new_large, new_small)
+    return torch.clamp(torch.stack([new_h, new_w], dim=1), min=1)  # a 2x2000 image still keeps one row
+
+
+def _round_ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """floor(num / den + 0.5) for positive int64 tensors, exactly."""
+    return torch.div(2 * num + den, 2 * den, rounding_mode="floor")
 
 
 def shortest_edge_size_py(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:

@@ -7,7 +7,6 @@ the same semantic map. Ties and float rounding at a threshold may flip single pi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from pfcn.config import load_config
 from pfcn.image_io import read_image
 from pfcn.model import PanopticFCN, build_model
 from pfcn.random_init import calibrate_random_model
+from pfcn.runtime.compare import match_panoptic  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO.parent / "shared" / "data" / "coco_panoptic_sample"
@@ -51,46 +51,6 @@ def calibrated_model(config: Path, seed: int, images: list[np.ndarray], override
     model = build_model(cfg).eval()
     calibrate_random_model(model, images, seed=seed)
     return model, cfg
-
-
-@dataclass
-class Agreement:
-    pixel_agreement: float
-    matched: int
-    unmatched_a: int
-    unmatched_b: int
-    category_mismatch: int
-    semantic_agreement: float
-
-
-def match_panoptic(pan_a: np.ndarray, segs_a: dict[int, tuple[int, bool]], pan_b: np.ndarray,
-                   segs_b: dict[int, tuple[int, bool]], sem_a: np.ndarray, sem_b: np.ndarray) -> Agreement:
-    """Match segments of two panoptic maps by IoU > 0.5; pixel agreement after renaming matched ids.
-
-    segs_*: id -> (category, isthing).
-    """
-    mapping: dict[int, int] = {}
-    cat_mismatch = 0
-    for ida in segs_a:
-        ma = pan_a == ida
-        ids_b, counts = np.unique(pan_b[ma], return_counts=True)
-        for idb, inter in zip(ids_b, counts):
-            if idb == 0 or idb not in segs_b:
-                continue
-            union = ma.sum() + (pan_b == idb).sum() - inter
-            if inter / union > 0.5:
-                mapping[ida] = int(idb)
-                if segs_a[ida] != segs_b[int(idb)]:
-                    cat_mismatch += 1
-    renamed = np.zeros_like(pan_a)
-    for ida, idb in mapping.items():
-        renamed[pan_a == ida] = idb
-    unmatched_a_ids = [i for i in segs_a if i not in mapping]
-    for i in unmatched_a_ids:
-        renamed[pan_a == i] = -1
-    agree = float((renamed == pan_b).mean())
-    return Agreement(agree, len(mapping), len(unmatched_a_ids), len(set(segs_b) - set(mapping.values())),
-                     cat_mismatch, float((sem_a == sem_b).mean()))
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,0 +1,88 @@
+"""pfcn-export and pfcn-parity, end to end on a synthetic COCO-panoptic set with ground truth."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pfcn.checkpoint import save_checkpoint
+from pfcn.config import cfg_to_yaml
+from pfcn.data.synth import SynthSpec, generate_dataset
+from pfcn.export.cli import main as export_main
+from pfcn.metadata import CategoryMeta
+from pfcn.tools.parity import main as parity_main
+
+from ..pfcn.parity import SMALL_CONFIG, calibrated_model, synthetic_image
+
+# the Small config's heads sized for a 3-thing / 3-stuff synthetic set
+HEADS = ["MODEL.POSITION_HEAD.THING.NUM_CLASSES", "3", "MODEL.POSITION_HEAD.STUFF.NUM_CLASSES", "4",
+         "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "4"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("parity")
+    gt_json = generate_dataset(root / "synth", 3, SynthSpec(height=96, width=128, num_things=3, num_stuff=3), seed=4,
+                               progress=False)
+    meta = CategoryMeta.from_json(gt_json)
+    images = [synthetic_image(96, 128, 1)]
+    paths = {}
+    for seed in (0, 1):  # two different calibrated random models
+        model, cfg = calibrated_model(SMALL_CONFIG, seed, images, HEADS)
+        paths[seed] = save_checkpoint(root / f"model{seed}.pth", model, meta, cfg_to_yaml(cfg))
+    return root, gt_json, paths
+
+
+def test_export_check_parity_pass(setup, capsys):
+    root, gt_json, ckpt = setup
+    onnx_path = root / "m0.onnx"
+    args = ["--config", str(SMALL_CONFIG), "--weights", str(ckpt[0]), "--out", str(onnx_path),
+            "--dynamic", "32", "32", "512", "512"] + HEADS
+    assert export_main(args) == 0
+    out = capsys.readouterr().out
+    assert "no unsupported op" in out and "minimum TensorRT 10.1" in out and "next: pfcn-parity" in out
+    assert export_main(["--check", str(onnx_path)]) == 0
+
+    code = parity_main(["--config", str(SMALL_CONFIG), "--weights", str(ckpt[0]), "--onnx", str(onnx_path),
+                        "--dataset", str(gt_json.parent), "--out", str(root / "par0")] + HEADS)
+    report = json.loads((root / "par0" / "parity.json").read_text())
+    assert code == 0, capsys.readouterr().out
+    assert report["ok"] and report["images"] == 3
+    assert set(report["gates"]) == {"pixel_agreement", "delta_pq"}
+    assert report["gates"]["delta_pq"]["value"] <= 0.05
+    assert "PQ_All" in report["pq"]["torch"] and "panoptic" in report["tensor_errors"]
+    assert (root / "par0" / "parity.md").read_text().startswith("```")
+
+
+def test_parity_gate_fails_on_a_different_model(setup):
+    """A graph exported from other weights must fail the gates (the gates can fail)."""
+    root, gt_json, ckpt = setup
+    onnx_path = root / "m1.onnx"
+    assert export_main(["--config", str(SMALL_CONFIG), "--weights", str(ckpt[1]), "--out", str(onnx_path),
+                        "--dynamic", "32", "32", "512", "512", "--no-check"] + HEADS) == 0
+    code = parity_main(["--config", str(SMALL_CONFIG), "--weights", str(ckpt[0]), "--onnx", str(onnx_path),
+                        "--dataset", str(gt_json.parent), "--out", str(root / "par1")] + HEADS)
+    report = json.loads((root / "par1" / "parity.json").read_text())
+    assert code == 1 and not report["ok"]
+    assert not report["gates"]["pixel_agreement"]["ok"]
+
+
+def test_export_errors_are_clear(setup, tmp_path, capsys):
+    root, _, ckpt = setup
+    # a checkpoint that does not match the config
+    code = export_main(["--config", str(SMALL_CONFIG), "--weights", str(ckpt[0]), "--out", str(tmp_path / "x.onnx")])
+    assert code == 2 and "wrongly shaped" in capsys.readouterr().err
+    # opset too low for DeformConv
+    code = export_main(["--config", str(SMALL_CONFIG), "--weights", str(ckpt[0]), "--out", str(tmp_path / "x.onnx"),
+                        "--opset", "17"] + HEADS)
+    assert code == 2 and "DeformConv" in capsys.readouterr().err
+    # not an ONNX file
+    bogus = tmp_path / "bogus.onnx"
+    bogus.write_text("hello")
+    assert export_main(["--check", str(bogus)]) == 2
+    assert "not an ONNX model" in capsys.readouterr().err
+    # impossible sizes
+    code = export_main(["--config", str(SMALL_CONFIG), "--out", str(tmp_path / "x.onnx"), "--input-size", "0", "10"]
+                       + HEADS)
+    assert code == 2 and "--input-size 0 10" in capsys.readouterr().err
