@@ -1,0 +1,123 @@
+"""``make demo``: the pfcn tour, each step a real pfcn command.
+
+  1. a calibrated random-weight R50 (official architecture and key layout) predicts the two real COCO photos
+  2. pfcn-synth writes a synthetic COCO-panoptic train split and a held-out split
+  3. pfcn-train trains the small CPU configuration on the train split
+  4. pfcn-eval scores it on the held-out split (PQ/SQ/RQ, AP, mIoU)
+  5. pfcn-predict draws its predictions
+  6. pfcn-export writes a dynamic-size ONNX graph and checks it for TensorRT
+  7. pfcn-parity compares ONNX Runtime with PyTorch on the held-out split (tensors, pixels, PQ)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pfcn.checkpoint import save_checkpoint
+from pfcn.config import cfg_to_yaml, load_config
+from pfcn.image_io import list_images, read_image
+from pfcn.model import build_model
+from pfcn.predictor import default_meta
+from pfcn.random_init import calibrate_random_model
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs"
+
+
+def step(title: str) -> float:
+    print(f"\n=== {title}", flush=True)
+    return time.perf_counter()
+
+
+def run(main, args: list[str]) -> None:
+    print("$ " + " ".join(str(a) for a in [main.__module__.replace("pfcn.tools.", "pfcn-").replace(
+        "pfcn.export.cli", "pfcn-export")] + args), flush=True)
+    code = main([str(a) for a in args])
+    if code != 0:
+        raise SystemExit(f"demo step failed with exit code {code}")
+
+
+def random_r50(sample: Path, out: Path) -> Path:
+    """A calibrated random-weight R50 checkpoint in the official format (see pfcn.random_init)."""
+    cfg = load_config(CONFIGS / "PanopticFCN-R50-1x.yaml", ["MODEL.DEVICE", "cpu"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    images = [read_image(p) for p in list_images([sample / "input_images"])]
+    calibrate_random_model(model, images, seed=0)
+    return save_checkpoint(out / "r50_random.pth", model, default_meta(cfg), cfg_to_yaml(cfg))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pfcn-demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="demo_out", help="output folder")
+    parser.add_argument("--sample", default=str(REPO.parent / "shared" / "data" / "coco_panoptic_sample"),
+                        help="folder with input_images/ (the two real COCO photos)")
+    parser.add_argument("--train-images", type=int, default=400, help="synthetic training images")
+    parser.add_argument("--val-images", type=int, default=40, help="synthetic held-out images")
+    parser.add_argument("--iters", type=int, default=0, help="training iterations (0: the small config's MAX_ITER)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sample = Path(args.sample)
+    from pfcn.export.cli import main as export_main
+    from pfcn.tools.evaluate import main as eval_main
+    from pfcn.tools.parity import main as parity_main
+    from pfcn.tools.predict import main as predict_main
+    from pfcn.tools.synth import main as synth_main
+    from pfcn.tools.train import main as train_main
+
+    timings = {}
+    t = step("1/7 calibrated random-weight R50 on the two real COCO photos")
+    weights = random_r50(sample, out)
+    run(predict_main, [sample / "input_images", "--config", CONFIGS / "PanopticFCN-R50-1x.yaml", "--weights", weights,
+                       "--out", out / "r50_random"])
+    timings["r50_predict"] = time.perf_counter() - t
+
+    t = step("2/7 synthetic COCO-panoptic data")
+    small = CONFIGS / "PanopticFCN-Small.yaml"
+    run(synth_main, ["--out", out / "synth_train", "--num", args.train_images, "--seed", 1, "--no-progress"])
+    run(synth_main, ["--out", out / "synth_val", "--num", args.val_images, "--seed", 2, "--no-progress"])
+    timings["synth"] = time.perf_counter() - t
+
+    t = step("3/7 pfcn-train: the small configuration on CPU")
+    train_args = ["--config", small, "--output", out / "train", "--train-dataset", out / "synth_train",
+                  "--test-dataset", out / "synth_val"]
+    if args.iters:
+        train_args += ["SOLVER.MAX_ITER", args.iters]
+    run(train_main, train_args)
+    trained = out / "train" / "model_final.pth"
+    timings["train"] = time.perf_counter() - t
+
+    t = step("4/7 pfcn-eval on the held-out split")
+    run(eval_main, ["--config", small, "--weights", trained, "--dataset", out / "synth_val", "--out", out / "eval"])
+    timings["eval"] = time.perf_counter() - t
+
+    t = step("5/7 pfcn-predict with the trained model")
+    val_images = list_images([out / "synth_val" / "images"])[:8]
+    run(predict_main, [*val_images, "--config", small, "--weights", trained, "--out", out / "predict"])
+    timings["predict"] = time.perf_counter() - t
+
+    t = step("6/7 pfcn-export: dynamic-size end-to-end ONNX graph")
+    onnx_path = out / "small.onnx"
+    run(export_main, ["--config", small, "--weights", trained, "--out", onnx_path, "--dynamic", 32, 32, 1024, 1024])
+    timings["export"] = time.perf_counter() - t
+
+    t = step("7/7 pfcn-parity: ONNX Runtime vs PyTorch on the held-out split")
+    run(parity_main, ["--config", small, "--weights", trained, "--onnx", onnx_path, "--dataset", out / "synth_val",
+                      "--out", out / "parity"])
+    timings["parity"] = time.perf_counter() - t
+
+    (out / "demo_timings.json").write_text(json.dumps(timings, indent=1))
+    print(f"\n=== done: {out}/ holds r50_random/overlays, train/ (loss_curve.png, metrics), eval/report.md, "
+          f"predict/overlays, small.onnx, parity/parity.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
