@@ -127,9 +127,23 @@ def check_onnx(path: str | Path) -> CheckReport:
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     constants = _constants(model)
+    functions = {(f.domain, f.name): f for f in model.functions}
+    for f in model.functions:  # constants inside local function bodies
+        for node in f.node:
+            if node.op_type == "Constant" and node.output and _attr(node, "value") is not None:
+                constants[node.output[0]] = numpy_helper.to_array(_attr(node, "value"))
     counts: dict[str, int] = {}
     notes: dict[str, set[str]] = {}
-    for node in model.graph.node:
+    all_nodes = list(model.graph.node) + [n for f in model.functions for n in f.node]
+    for node in all_nodes:
+        if (node.domain, node.op_type) in functions:
+            body = functions[(node.domain, node.op_type)]
+            key = f"{node.domain}::{node.op_type}"
+            counts[key] = counts.get(key, 0) + 1
+            notes.setdefault(key, set()).add(
+                f"ONNX local function of {len(body.node)} standard-op nodes: TensorRT inlines it, or uses a plugin "
+                f"'{node.op_type}' registered in namespace '{node.domain}' (TensorRT >= 10.10 reads the domain)")
+            continue
         op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
         counts[op] = counts.get(op, 0) + 1
         n = notes.setdefault(op, set())
@@ -175,6 +189,9 @@ def check_onnx(path: str | Path) -> CheckReport:
     for op in sorted(counts):
         if op in FORBIDDEN_IN_PFCN:
             problems.append(f"{op}: data-dependent shape; pfcn graphs are static and must not contain it")
+        if "::" in op and tuple(op.split("::", 1)) in functions:
+            reports.append(OpReport(op, counts[op], (9, 0), sorted(notes.get(op, ()))))
+            continue
         if op in UNSUPPORTED:
             reports.append(OpReport(op, counts[op], None, [UNSUPPORTED[op]]))
             problems.append(f"{op}: {UNSUPPORTED[op]}")

@@ -7,6 +7,7 @@ constant-K TopKs into plain ONNX ops; torchvision's deformable conv becomes ONNX
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import warnings
@@ -19,6 +20,7 @@ import torch
 
 import pfcn
 from pfcn.config import cfg_to_yaml, config_hash
+from pfcn.inference import PanopticMerge
 from pfcn.metadata import CategoryMeta
 from pfcn.model import PanopticFCN
 
@@ -27,6 +29,7 @@ from .symbolics import DEFORM_CONV_OPSET, model_needs_deform, register_symbolics
 
 MAX_SIDE = 16384  # a sanity bound on exported input sides
 MAX_OPSET = 21
+FUNCTION_DOMAIN = "pfcn"  # ONNX domain of pfcn's local functions = the plugin namespace that may replace them
 
 
 class ExportError(ValueError):
@@ -161,6 +164,35 @@ def _example_inputs(model: PanopticFCN, spec: InputSpec) -> tuple[torch.Tensor, 
     return images, sizes
 
 
+def _rename_function_domain(proto: onnx.ModelProto, domain: str) -> onnx.ModelProto:
+    """Move pfcn's local functions (exported under their Python module's name) into one short domain."""
+    old = {f.domain for f in proto.functions}
+    if not old:
+        return proto
+    for f in proto.functions:
+        f.domain = domain
+    for node in proto.graph.node:
+        if node.domain in old:
+            node.domain = domain
+    imports = [o for o in proto.opset_import if o.domain not in old]
+    del proto.opset_import[:]
+    proto.opset_import.extend(imports + [onnx.helper.make_opsetid(domain, 1)])
+    return proto
+
+
+def _rename_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """Give every graph output its fixed name (the exporter leaves outputs of a local-function call unnamed)."""
+    for output, name in zip(proto.graph.output, names):
+        old = output.name
+        if old == name:
+            continue
+        for node in proto.graph.node:
+            node.output[:] = [name if o == old else o for o in node.output]
+            node.input[:] = [name if i == old else i for i in node.input]
+        output.name = name
+    return proto
+
+
 def export_onnx(model: PanopticFCN, cfg, meta: CategoryMeta, out: str | Path, graph: str = "e2e",
                 input_size: tuple[int, int] | None = None, dynamic: tuple[int, int, int, int] | None = None,
                 batch: int = 1, dynamic_batch: bool = False, opset: int = 19) -> Path:
@@ -174,7 +206,9 @@ def export_onnx(model: PanopticFCN, cfg, meta: CategoryMeta, out: str | Path, gr
     """
     spec = check_export_args(model, graph, input_size, dynamic, batch, dynamic_batch, opset)
     register_symbolics()
-    model = model.eval().cpu()
+    # A fresh copy per export: the TorchScript exporter's function extraction keeps per-module scope state and fails
+    # (internal assert) when the same module instance is exported twice in one process.
+    model = copy.deepcopy(model).eval().cpu()
     if graph == "e2e":
         module: torch.nn.Module = EndToEndGraph(model, meta, spec.net_size)
         input_names, output_names = list(E2E_INPUTS), list(E2E_OUTPUTS)
@@ -200,8 +234,8 @@ def export_onnx(model: PanopticFCN, cfg, meta: CategoryMeta, out: str | Path, gr
         warnings.filterwarnings("ignore", message=".*will be removed.*")
         torch.onnx.export(module, _example_inputs(model, spec), str(tmp), dynamo=False, opset_version=opset,
                           input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes or None,
-                          do_constant_folding=True)
-    proto = onnx.load(str(tmp))
+                          do_constant_folding=True, export_modules_as_functions={PanopticMerge})
+    proto = _rename_outputs(_rename_function_domain(onnx.load(str(tmp)), FUNCTION_DOMAIN), output_names)
     for key, value in metadata(model, cfg, meta, spec, opset).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value

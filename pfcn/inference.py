@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from .resize import apply_separable, interp_matrix, upsample_matrix
@@ -237,8 +238,8 @@ def panoptic_merge(masks: torch.Tensor, scores: torch.Tensor, valid: torch.Tenso
         masks: [B, K, H, W] bool thing masks in score order; scores, valid: [B, K].
         semantic: [B, H, W] int64 stuff-head labels; inside: [B, H, W] bool, the image's own pixels in the canvas.
     Returns:
-        panoptic [B, H, W] int32 and a segment table dict of [B, K + S] tensors (ids, classes slot order: things then
-        stuff labels 0..S-1; areas; valid).
+        panoptic [B, H, W] int32 and the segment table as [B, K + S] tensors (slot order: things, then stuff labels
+        0..S-1): ids int32, areas int64, valid bool.
     """
     b, k, h, w = masks.shape
     active = valid & (scores >= p.combine_inst_thresh)
@@ -269,16 +270,30 @@ def panoptic_merge(masks: torch.Tensor, scores: torch.Tensor, valid: torch.Tenso
     stuff_ids = (n_things + torch.cumsum(stuff_ok.to(torch.int64), 1)) * stuff_ok.to(torch.int64)
     stuff_map = torch.gather(stuff_ids, 1, semantic.reshape(b, -1)).reshape(b, h, w) * free.to(torch.int64)
     panoptic = (thing_map + stuff_map).to(torch.int32)
-    table = {
-        "ids": torch.cat([thing_ids, stuff_ids], 1).to(torch.int32),
-        "areas": torch.cat([thing_area, stuff_area * stuff_ok.to(stuff_area.dtype)], 1).to(torch.int64),
-        "valid": torch.cat([thing_ok, stuff_ok], 1),
-    }
-    return panoptic, table
+    ids = torch.cat([thing_ids, stuff_ids], 1).to(torch.int32)
+    areas = torch.cat([thing_area, stuff_area * stuff_ok.to(stuff_area.dtype)], 1).to(torch.int64)
+    return panoptic, ids, areas, torch.cat([thing_ok, stuff_ok], 1)
+
+
+class PanopticMerge(nn.Module):
+    """``panoptic_merge`` as a module, so that export can emit it as the ONNX local function ``pfcn::PanopticMerge``.
+
+    Its body is standard ONNX ops (every runtime inlines it); a TensorRT plugin registered as "PanopticMerge" in
+    namespace "pfcn" can replace the 100-step scan with one kernel without re-exporting.
+    """
+
+    def __init__(self, params: InferenceParams, num_stuff: int):
+        super().__init__()
+        self.params = params
+        self.num_stuff = num_stuff
+
+    def forward(self, masks, scores, valid, semantic, inside):
+        return panoptic_merge(masks, scores, valid, semantic, inside, self.num_stuff, self.params)
 
 
 def postprocess(heads: HeadOutputs, thing_embed, stuff_embed, resized: torch.Tensor, original: torch.Tensor,
-                canvas_hw: tuple[int, int], p: InferenceParams) -> dict[str, torch.Tensor]:
+                canvas_hw: tuple[int, int], p: InferenceParams,
+                merge: PanopticMerge | None = None) -> dict[str, torch.Tensor]:
     """From network outputs to the full panoptic result at the original image sizes, with fixed shapes.
 
     Args:
@@ -286,6 +301,7 @@ def postprocess(heads: HeadOutputs, thing_embed, stuff_embed, resized: torch.Ten
             network canvas.
         thing_embed, stuff_embed: the 1x1 kernel generators, as callables on [..., C] rows.
         original: [B, 2] original (h, w) of each image; results are placed top-left in a ``canvas_hw`` canvas.
+        merge: the model's PanopticMerge module (default: one built from ``p``).
     Returns:
         dict of tensors, see ``OUTPUT_NAMES`` (K = TOP_NUM instance slots, S stuff classes):
         panoptic [B, H, W] int32; semantic [B, H, W] int64; instance_masks [B, K, H, W] bool; instance_scores,
@@ -309,7 +325,8 @@ def postprocess(heads: HeadOutputs, thing_embed, stuff_embed, resized: torch.Ten
     rows = torch.arange(canvas_hw[0], device=original.device).reshape(1, -1, 1)
     cols = torch.arange(canvas_hw[1], device=original.device).reshape(1, 1, -1)
     inside = (rows < original[:, 0].reshape(-1, 1, 1)) & (cols < original[:, 1].reshape(-1, 1, 1))
-    panoptic, table = panoptic_merge(masks, scores, valid, semantic, inside, num_stuff, p)
+    merge = merge if merge is not None else PanopticMerge(p, num_stuff)
+    panoptic, seg_ids, seg_areas, seg_valid = merge(masks, scores, valid, semantic, inside)
     k = scores.shape[1]
     stuff_labels = torch.arange(num_stuff, device=scores.device).unsqueeze(0).expand(b, num_stuff)
     return {
@@ -319,13 +336,13 @@ def postprocess(heads: HeadOutputs, thing_embed, stuff_embed, resized: torch.Ten
         "instance_scores": scores,
         "instance_classes": classes,
         "instance_valid": valid,
-        "segment_ids": table["ids"],
+        "segment_ids": seg_ids,
         "segment_classes": torch.cat([classes, stuff_labels], 1),
         "segment_isthing": torch.cat([torch.ones(b, k, dtype=torch.bool, device=scores.device),
                                       torch.zeros(b, num_stuff, dtype=torch.bool, device=scores.device)], 1),
         "segment_scores": torch.cat([scores, st_scores], 1),
-        "segment_areas": table["areas"],
-        "segment_valid": table["valid"],
+        "segment_areas": seg_areas,
+        "segment_valid": seg_valid,
     }
 
 

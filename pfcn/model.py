@@ -15,8 +15,8 @@ from torch.nn import functional as F
 
 from .backbone import FPN, ResNet
 from .heads import FeatureEncoder, KernelGenerator, KernelHead, PositionHead, SemanticFPN
-from .inference import HeadOutputs, InferenceParams, postprocess
-from .resize import interp_matrix, shortest_edge_size, shortest_edge_size_py
+from .inference import HeadOutputs, InferenceParams, PanopticMerge, postprocess
+from .resize import pil_bilinear_resize, shortest_edge_size, shortest_edge_size_py
 
 LEVEL_STRIDES = {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64, "p7": 128}
 
@@ -47,6 +47,7 @@ class PanopticFCN(nn.Module):
         self.params = params
         self.min_size_test = min_size_test
         self.max_size_test = max_size_test
+        self.merge = PanopticMerge(params, position_head.out_sem.out_channels)
         # Not in the official state_dict: the official model applies them through a lambda.
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).reshape(1, 3, 1, 1),
                              persistent=False)
@@ -97,9 +98,9 @@ class PanopticFCN(nn.Module):
                    net_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 RGB canvas [B, 3, H, W] holding each image top-left at ``sizes`` -> normalised network input.
 
-        Resizes each image by the shortest-edge rule into a ``net_size`` canvas: bilinear (half-pixel) along the width,
-        rounded to 8 bits, then along the height, rounded again — the two passes of PIL's bilinear resize that
-        detectron2 uses, which this reproduces exactly when upscaling. Then channel order, mean/std, and zero padding.
+        Resizes each image by the shortest-edge rule into a ``net_size`` canvas with PIL's bilinear filter, bit for
+        bit (``pfcn.resize.pil_bilinear_resize``: detectron2 resizes uint8 images with PIL, antialiased when
+        shrinking), then channel order, mean/std, and zero padding.
         """
         hn, wn = net_size
         resized = shortest_edge_size(sizes, self.min_size_test, self.max_size_test)
@@ -107,16 +108,13 @@ class PanopticFCN(nn.Module):
         # ratio) is squeezed into it rather than cropped; within its own canvas this never triggers.
         limit = torch.stack([torch.as_tensor(hn), torch.as_tensor(wn)]).to(resized).reshape(1, 2)
         resized = torch.minimum(resized, limit)
-        mat_h = interp_matrix(sizes[:, 0], resized[:, 0], images.shape[2], hn)  # [B, hn, H]
-        mat_w = interp_matrix(sizes[:, 1], resized[:, 1], images.shape[3], wn)  # [B, wn, W]
-        x = images.to(torch.float32)
-        x = _round_u8(torch.matmul(x, mat_w.transpose(1, 2).unsqueeze(1)))  # width pass  [B, 3, H, wn]
-        x = _round_u8(torch.matmul(mat_h.unsqueeze(1), x))  # height pass [B, 3, hn, wn]
+        x = pil_bilinear_resize(images, sizes, resized, (hn, wn))  # [B, 3, hn, wn] integers 0..255
         if self.input_format == "BGR":
             x = x.flip(1)
         x = (x - self.pixel_mean) / self.pixel_std
-        inside = (mat_h.sum(2) > 0).to(x.dtype)[:, None, :, None] * (mat_w.sum(2) > 0).to(x.dtype)[:, None, None, :]
-        return x * inside, resized
+        rows = torch.arange(hn, device=x.device).reshape(1, 1, -1, 1) < resized[:, 0].reshape(-1, 1, 1, 1)
+        cols = torch.arange(wn, device=x.device).reshape(1, 1, 1, -1) < resized[:, 1].reshape(-1, 1, 1, 1)
+        return x * (rows & cols).to(x.dtype), resized
 
     def forward(self, images: torch.Tensor, sizes: torch.Tensor | None = None,
                 net_size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
@@ -138,16 +136,12 @@ class PanopticFCN(nn.Module):
             net_size = self.network_size(h, w)
         x, resized = self.preprocess(images, sizes, net_size)
         heads = self.forward_features(x)
-        return postprocess(heads, self.thing_generator, self.stuff_generator, resized, sizes, (h, w), self.params)
+        return postprocess(heads, self.thing_generator, self.stuff_generator, resized, sizes, (h, w), self.params,
+                           self.merge)
 
 
 def _ceil_to(x: int, div: int) -> int:
     return int(math.ceil(x / div) * div)
-
-
-def _round_u8(x: torch.Tensor) -> torch.Tensor:
-    """Round half up and clip to 0..255, as PIL stores each resize pass in 8 bits."""
-    return torch.clamp(torch.floor(x + 0.5), 0.0, 255.0)
 
 
 def build_model(cfg) -> PanopticFCN:

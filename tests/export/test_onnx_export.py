@@ -117,6 +117,8 @@ def test_check_reports_no_unsupported_op(small_fixed, small_dynamic):
         ops = {r.op for r in report.ops}
         assert "DeformConv" in ops and "TopK" in ops
         assert not ops & {"NonZero", "Unique", "Loop"}
+        assert "pfcn::PanopticMerge" in ops  # the merge is a local function a plugin can replace
+        assert [f.name for f in onnx.load(str(path)).functions] == ["PanopticMerge"]
         assert report.min_trt == (10, 1)  # DeformConv is parsed from TensorRT 10.1
 
 
