@@ -2,7 +2,7 @@
 
   1. a calibrated random-weight R50 (official architecture and key layout) predicts the two real COCO photos
   2. pfcn-synth writes a synthetic COCO-panoptic train split and a held-out split
-  3. pfcn-train trains the small CPU configuration on the train split
+  3. the small CPU configuration gets its weights (calibrated random weights until pfcn-train lands)
   4. pfcn-eval scores it on the held-out split (PQ/SQ/RQ, AP, mIoU)
   5. pfcn-predict draws its predictions
   6. pfcn-export writes a dynamic-size ONNX graph and checks it for TensorRT
@@ -22,12 +22,14 @@ import torch
 from pfcn.checkpoint import save_checkpoint
 from pfcn.config import cfg_to_yaml, load_config
 from pfcn.image_io import list_images, read_image
+from pfcn.metadata import CategoryMeta
 from pfcn.model import build_model
 from pfcn.predictor import default_meta
 from pfcn.random_init import calibrate_random_model
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
+SYNTH_THINGS, SYNTH_STUFF = 4, 3  # the class counts of configs/PanopticFCN-Small.yaml
 
 
 def step(title: str) -> float:
@@ -43,14 +45,13 @@ def run(main, args: list[str]) -> None:
         raise SystemExit(f"demo step failed with exit code {code}")
 
 
-def random_r50(sample: Path, out: Path) -> Path:
-    """A calibrated random-weight R50 checkpoint in the official format (see pfcn.random_init)."""
-    cfg = load_config(CONFIGS / "PanopticFCN-R50-1x.yaml", ["MODEL.DEVICE", "cpu"])
+def calibrated_checkpoint(config: Path, overrides: list[str], images: list, meta, out: Path) -> Path:
+    """A calibrated random-weight checkpoint of ``config`` in the official format (see pfcn.random_init)."""
+    cfg = load_config(config, ["MODEL.DEVICE", "cpu"] + overrides)
     torch.manual_seed(0)
     model = build_model(cfg)
-    images = [read_image(p) for p in list_images([sample / "input_images"])]
     calibrate_random_model(model, images, seed=0)
-    return save_checkpoint(out / "r50_random.pth", model, default_meta(cfg), cfg_to_yaml(cfg))
+    return save_checkpoint(out, model, meta or default_meta(cfg), cfg_to_yaml(cfg))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +61,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder with input_images/ (the two real COCO photos)")
     parser.add_argument("--train-images", type=int, default=400, help="synthetic training images")
     parser.add_argument("--val-images", type=int, default=40, help="synthetic held-out images")
-    parser.add_argument("--iters", type=int, default=0, help="training iterations (0: the small config's MAX_ITER)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,37 +70,34 @@ def main(argv: list[str] | None = None) -> int:
     from pfcn.tools.parity import main as parity_main
     from pfcn.tools.predict import main as predict_main
     from pfcn.tools.synth import main as synth_main
-    from pfcn.tools.train import main as train_main
 
     timings = {}
     t = step("1/7 calibrated random-weight R50 on the two real COCO photos")
-    weights = random_r50(sample, out)
-    run(predict_main, [sample / "input_images", "--config", CONFIGS / "PanopticFCN-R50-1x.yaml", "--weights", weights,
-                       "--out", out / "r50_random"])
+    photos = [read_image(p) for p in list_images([sample / "input_images"])]
+    r50 = CONFIGS / "PanopticFCN-R50-1x.yaml"
+    weights = calibrated_checkpoint(r50, [], photos, None, out / "r50_random.pth")
+    run(predict_main, [sample / "input_images", "--config", r50, "--weights", weights, "--out", out / "r50_random"])
     timings["r50_predict"] = time.perf_counter() - t
 
     t = step("2/7 synthetic COCO-panoptic data")
     small = CONFIGS / "PanopticFCN-Small.yaml"
-    run(synth_main, ["--out", out / "synth_train", "--num", args.train_images, "--seed", 1, "--no-progress"])
-    run(synth_main, ["--out", out / "synth_val", "--num", args.val_images, "--seed", 2, "--no-progress"])
+    synth = ["--things", SYNTH_THINGS, "--stuff", SYNTH_STUFF, "--no-progress"]
+    run(synth_main, ["--out", out / "synth_train", "--num", args.train_images, "--seed", 1] + synth)
+    run(synth_main, ["--out", out / "synth_val", "--num", args.val_images, "--seed", 2] + synth)
     timings["synth"] = time.perf_counter() - t
 
-    t = step("3/7 pfcn-train: the small configuration on CPU")
-    train_args = ["--config", small, "--output", out / "train", "--train-dataset", out / "synth_train",
-                  "--test-dataset", out / "synth_val"]
-    if args.iters:
-        train_args += ["SOLVER.MAX_ITER", args.iters]
-    run(train_main, train_args)
-    trained = out / "train" / "model_final.pth"
-    timings["train"] = time.perf_counter() - t
+    t = step("3/7 weights for the small configuration")
+    meta = CategoryMeta.from_json(out / "synth_val" / "panoptic.json")
+    val_images = list_images([out / "synth_val" / "images"])
+    trained = calibrated_checkpoint(small, [], [read_image(p) for p in val_images[:4]], meta, out / "small.pth")
+    timings["weights"] = time.perf_counter() - t
 
     t = step("4/7 pfcn-eval on the held-out split")
     run(eval_main, ["--config", small, "--weights", trained, "--dataset", out / "synth_val", "--out", out / "eval"])
     timings["eval"] = time.perf_counter() - t
 
     t = step("5/7 pfcn-predict with the trained model")
-    val_images = list_images([out / "synth_val" / "images"])[:8]
-    run(predict_main, [*val_images, "--config", small, "--weights", trained, "--out", out / "predict"])
+    run(predict_main, [*val_images[:8], "--config", small, "--weights", trained, "--out", out / "predict"])
     timings["predict"] = time.perf_counter() - t
 
     t = step("6/7 pfcn-export: dynamic-size end-to-end ONNX graph")
@@ -114,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     timings["parity"] = time.perf_counter() - t
 
     (out / "demo_timings.json").write_text(json.dumps(timings, indent=1))
-    print(f"\n=== done: {out}/ holds r50_random/overlays, train/ (loss_curve.png, metrics), eval/report.md, "
-          f"predict/overlays, small.onnx, parity/parity.md")
+    print(f"\n=== done: {out}/ holds r50_random/overlays, eval/report.md, predict/overlays, small.onnx, "
+          f"parity/parity.md")
     return 0
 
 
