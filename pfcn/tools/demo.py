@@ -29,7 +29,7 @@ from pfcn.random_init import calibrate_random_model
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
-SYNTH_THINGS, SYNTH_STUFF = 4, 3  # the class counts of configs/PanopticFCN-Small.yaml
+SYNTH_THINGS, SYNTH_STUFF = 3, 3  # the class counts of configs/PanopticFCN-Small.yaml
 
 
 def step(title: str) -> float:

@@ -68,7 +68,9 @@ def assert_outputs_close(ref: dict, out: dict, label: str, sizes=None, meta=None
 @pytest.fixture(scope="module")
 def small():
     images = [synthetic_image(150, 210, 1), synthetic_image(150, 210, 2)]
-    model, cfg = calibrated_model(SMALL_CONFIG, 0, images)
+    # the deformable position head (as in every official config) so that DeformConv is exported and checked
+    model, cfg = calibrated_model(SMALL_CONFIG, 0, images, ["MODEL.POSITION_HEAD.DEFORM", "True",
+                                                            "INPUT.MIN_SIZE_TEST", "256", "INPUT.MAX_SIZE_TEST", "384"])
     return model, cfg, default_meta(cfg)
 
 

@@ -17,7 +17,7 @@ from ..pfcn.parity import SMALL_CONFIG, calibrated_model, synthetic_image
 
 # the Small config's heads sized for a 3-thing / 3-stuff synthetic set
 HEADS = ["MODEL.POSITION_HEAD.THING.NUM_CLASSES", "3", "MODEL.POSITION_HEAD.STUFF.NUM_CLASSES", "4",
-         "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "4"]
+         "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "4", "MODEL.POSITION_HEAD.DEFORM", "True"]
 
 
 @pytest.fixture(scope="module")
