@@ -1,0 +1,495 @@
+"""The PanopticFCN training loop: one process or many (DistributedDataParallel), exact resume, periodic
+checkpoints and evaluation, JSON-lines / TensorBoard metrics.
+
+The loop is detectron2's ``DefaultTrainer`` reduced to what PanopticFCN uses: SGD + WarmupPolyLR (`pfcn.training.
+solver`), the official targets and losses, optional AMP, gradient clipping, ``PeriodicCheckpointer`` and
+``EvalHook``. Iterations are numbered from 0 as in detectron2: after iteration ``i`` a periodic checkpoint
+``model_{i:07d}.pth`` is written when ``(i + 1) % SOLVER.CHECKPOINT_PERIOD == 0``, storing ``"iteration": i``; resuming
+starts at ``i + 1``. ``last_checkpoint`` names the newest file, as detectron2's checkpointer does.
+
+Exact resume: a checkpoint holds the model, optimizer, scheduler, AMP scaler, the loader position (`pfcn.data.
+TrainLoader.state_dict`), the seed, and the python / numpy / torch / CUDA RNG states of every rank. The data stream
+is a pure function of (seed, position), so a run killed at any point and resumed from its last checkpoint computes
+the same iterations as an uninterrupted run, bit for bit on the same machine and thread count.
+
+Distributed: ``torch.distributed`` must be initialised by the caller (``pfcn-train`` does it from torchrun's
+environment or by spawning local processes). SOLVER.IMS_PER_BATCH is the global batch; each rank loads
+IMS_PER_BATCH / world_size images. As in the official code, each rank normalises its losses by its own object counts
+and DDP averages the gradients, which is close to but not exactly a single process on the whole batch;
+``global_loss_norm=True`` all-reduces the counts instead, which makes N processes compute the single-process
+gradient (up to float summation order).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..checkpoint import CheckpointError, atomic_torch_save, load_checkpoint_file, match_state_dict
+from ..config import cfg_to_yaml
+from ..data import PanopticDataset, build_train_loader
+from ..evaluation import PanopticEvaluator, PanopticGroundTruth, write_metrics_json
+from ..image_io import read_image
+from ..metadata import CategoryMeta
+from ..model import PanopticFCN, build_model
+from ..predictor import Predictor, check_meta
+from .events import LOSS_KEYS, EtaMeter, MetricsLog, TensorBoardLog, format_seconds, plot_loss_curve, read_metrics
+from .imagenet_weights import initialize_from_weights
+from .losses import LossParams, panoptic_losses
+from .solver import GradientClipper, build_lr_scheduler, build_optimizer
+from .targets import TargetParams, generate_targets
+
+__all__ = ["TrainOptions", "TrainingModel", "Trainer", "train", "LAST_CHECKPOINT", "FINAL_CHECKPOINT",
+           "periodic_checkpoints", "resolve_seed"]
+
+logger = logging.getLogger("pfcn.train")
+
+LAST_CHECKPOINT = "last_checkpoint"  # detectron2's pointer file: holds the newest checkpoint's file name
+FINAL_CHECKPOINT = "model_final.pth"
+_PERIODIC = re.compile(r"^model_(\d{7})\.pth$")
+
+
+@dataclass
+class TrainOptions:
+    """How to run a training (the config says what to train).
+
+    Attributes:
+        output_dir: checkpoints, metrics.jsonl, tb/, eval/, loss_curve.png, config.yaml.
+        resume: continue from ``output_dir/last_checkpoint`` if it exists (else start from MODEL.WEIGHTS).
+        keep: periodic checkpoints kept on disk, newest first (0 = all); model_final.pth is always kept.
+        log_period: iterations between console lines / metric records.
+        global_loss_norm: all-reduce the loss normalisers over ranks (see the module docstring).
+        num_workers: loader processes; None = DATALOADER.NUM_WORKERS.
+        tensorboard: also write TensorBoard events under output_dir/tb.
+    """
+
+    output_dir: Path
+    resume: bool = False
+    keep: int = 3
+    log_period: int = 20
+    global_loss_norm: bool = False
+    num_workers: int | None = None
+    tensorboard: bool = True
+
+
+class TrainingModel(nn.Module):
+    """Network, targets and losses in one forward, so that DDP sees every parameter the losses use."""
+
+    def __init__(self, model: PanopticFCN, cfg: Any):
+        super().__init__()
+        self.model = model
+        self.target_params = TargetParams.from_cfg(cfg)
+        self.loss_params = LossParams.from_cfg(cfg)
+
+    def forward(self, samples: list[dict[str, Any]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Losses of a batch of dataset samples, and the batch's loss normalisers [things, stuff] (int64)."""
+        x, _ = self.model.normalize([s["image"] for s in samples])
+        heads = self.model.forward_features(x)
+        targets = generate_targets(samples, tuple(x.shape[-2:]), [tuple(c.shape[-2:]) for c in heads.centers],
+                                   tuple(heads.encoded.shape[-2:]), self.target_params, device=x.device)
+        losses = panoptic_losses(heads, targets, self.model.thing_generator, self.model.stuff_generator,
+                                 self.loss_params)
+        counts = torch.stack([sum(lv.slot_valid.sum() for lv in targets.levels),
+                              sum(lv.sem_slot_valid.sum() for lv in targets.levels)])
+        return losses, counts
+
+
+# ---- small helpers -----------------------------------------------------------------------------------------------
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def resolve_seed(cfg_seed: int, device: torch.device) -> int:
+    """SEED, or for SEED < 0 a fresh random seed drawn on rank 0 and shared with every rank."""
+    if cfg_seed >= 0:
+        return int(cfg_seed)
+    seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+    rank, world = _rank_world()
+    if world > 1:
+        t = torch.tensor([seed], dtype=torch.int64, device=device)
+        dist.broadcast(t, src=0)
+        seed = int(t.item())
+    return seed
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    """This process's RNG states in types ``torch.load(weights_only=True)`` reads back."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
+                  float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _all_gather(obj: Any) -> list[Any]:
+    rank, world = _rank_world()
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def periodic_checkpoints(folder: Path) -> list[Path]:
+    """The folder's ``model_XXXXXXX.pth`` files, oldest first."""
+    found = [(int(m.group(1)), p) for p in folder.glob("model_*.pth") if (m := _PERIODIC.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype:
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+# ---- the trainer -------------------------------------------------------------------------------------------------
+class Trainer:
+    """Builds everything a run needs from a config and datasets, then ``train()`` runs it.
+
+    Args:
+        cfg: frozen config (MODEL.DEVICE selects the device; under DDP on CUDA use ``cuda:LOCAL_RANK``).
+        train_dataset: the untransformed training dataset (its ``meta`` must match the heads).
+        test_datasets: datasets evaluated every TEST.EVAL_PERIOD iterations and at the end ([] = no evaluation).
+        options: `TrainOptions`.
+    """
+
+    def __init__(self, cfg: Any, train_dataset: PanopticDataset, test_datasets: Sequence[PanopticDataset],
+                 options: TrainOptions):
+        self.cfg = cfg
+        self.options = options
+        self.rank, self.world = _rank_world()
+        self.device = torch.device(cfg.MODEL.DEVICE)
+        self.out = Path(options.output_dir)
+        self.meta: CategoryMeta = check_meta(train_dataset.meta, cfg, f"training dataset {train_dataset.name}")
+        for ds in test_datasets:
+            if (ds.meta.thing_ids, ds.meta.stuff_ids) != (self.meta.thing_ids, self.meta.stuff_ids):
+                raise ValueError(f"test dataset {ds.name}: its categories differ from the training dataset "
+                                 f"{train_dataset.name}'s")
+        self.train_dataset = train_dataset
+        self.test_datasets = list(test_datasets)
+        self.max_iter = int(cfg.SOLVER.MAX_ITER)
+        self.amp = bool(cfg.SOLVER.AMP.ENABLED)
+        if self.amp and self.device.type not in ("cuda", "cpu"):
+            raise ValueError(f"SOLVER.AMP.ENABLED on device {self.device}: only cuda (float16) and cpu (bfloat16)")
+        if options.keep < 0:
+            raise ValueError(f"keep={options.keep}: must be >= 0 (0 keeps every periodic checkpoint)")
+        if options.log_period < 1:
+            raise ValueError(f"log_period={options.log_period}: must be >= 1")
+
+        resume_from = self._resume_path()
+        ckpt = load_checkpoint_file(resume_from) if resume_from else None
+        if ckpt is not None:
+            missing = [k for k in ("optimizer", "scheduler", "iteration", "loader", "rng", "seed") if k not in ckpt]
+            if missing:
+                raise CheckpointError(f"{resume_from}: not a pfcn training checkpoint (no {', '.join(missing)}); "
+                                      f"it cannot be resumed — pass it as MODEL.WEIGHTS / --weights instead")
+            self.seed = int(ckpt["seed"]) if int(cfg.SEED) < 0 else int(cfg.SEED)
+        else:
+            self.seed = resolve_seed(int(cfg.SEED), self.device)
+
+        # Same initial weights whatever the world size (DDP would broadcast rank 0's anyway), then per-rank streams.
+        _seed_all(self.seed)
+        self.model = build_model(cfg).to(self.device)
+        self.init_report = None
+        if ckpt is None and cfg.MODEL.WEIGHTS:
+            self.init_report = initialize_from_weights(self.model, cfg.MODEL.WEIGHTS, cfg)
+        self.model.train()
+        _seed_all(self.seed + self.rank)
+
+        train_model: nn.Module = TrainingModel(self.model, cfg)
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            train_model = nn.parallel.DistributedDataParallel(train_model, device_ids=ids, broadcast_buffers=False)
+        self.train_model = train_model
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.scheduler = build_lr_scheduler(cfg, self.optimizer)
+        self.clipper = GradientClipper.from_cfg(cfg)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp and self.device.type == "cuda" else None
+        self.start_iter = 0
+        if ckpt is not None:
+            self._load_training_state(ckpt, resume_from)
+        self.loader = build_train_loader(cfg, train_dataset, seed=self.seed, start_iter=self.start_iter,
+                                         rank=self.rank, world_size=self.world, num_workers=options.num_workers)
+        if ckpt is not None:
+            self.loader.load_state_dict(ckpt["loader"])  # checks seed / batch size / world size agree
+        self._rng_to_restore = ckpt["rng"][self.rank] if ckpt is not None else None
+        self.resumed_from = resume_from
+
+    # ---- checkpoints -------------------------------------------------------------------------------------------
+    def _resume_path(self) -> Path | None:
+        if not self.options.resume:
+            return None
+        pointer = self.out / LAST_CHECKPOINT
+        if not pointer.is_file():
+            return None
+        name = pointer.read_text().strip()
+        path = self.out / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{pointer} names {name}, which does not exist in {self.out}")
+        return path
+
+    def _load_training_state(self, ckpt: dict[str, Any], path: Path) -> None:
+        match_state_dict(self.model, ckpt["model"], source=str(path))
+        saved_world = len(ckpt["rng"])
+        if saved_world != self.world:
+            raise CheckpointError(f"{path} was written by {saved_world} process(es); resume it with the same number "
+                                  f"(now {self.world}) so the data order and RNG streams continue exactly")
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.start_iter = int(ckpt["iteration"]) + 1
+
+    def _training_state(self, iteration: int) -> dict[str, Any]:
+        """Everything to continue after ``iteration`` (collective: every rank must call it)."""
+        rng = _all_gather(_rng_state())
+        return {
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "meta": self.meta.to_dict(),
+            "cfg": self._cfg_yaml(),
+            "iteration": iteration,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "loader": self.loader.state_dict(),
+            "seed": self.seed,
+            "rng": rng,
+        }
+
+    def _cfg_yaml(self) -> str:
+        cfg = self.cfg.clone()
+        cfg.defrost()
+        cfg.SEED = self.seed
+        cfg.DATASETS.TRAIN = [self.train_dataset.name]
+        cfg.DATASETS.TEST = [d.name for d in self.test_datasets]
+        return cfg_to_yaml(cfg)
+
+    def save(self, iteration: int, name: str | None = None) -> Path | None:
+        """Write a checkpoint after ``iteration`` (rank 0 writes; every rank must call). Returns the path on rank 0."""
+        state = self._training_state(iteration)
+        if self.rank != 0:
+            return None
+        name = name or f"model_{iteration:07d}.pth"
+        path = atomic_torch_save(state, self.out / name)
+        _atomic_write_text(self.out / LAST_CHECKPOINT, name)
+        if self.options.keep:
+            for old in periodic_checkpoints(self.out)[:-self.options.keep]:
+                if old.name != name:
+                    old.unlink(missing_ok=True)
+        return path
+
+    # ---- evaluation --------------------------------------------------------------------------------------------
+    def evaluate(self, iteration: int) -> dict[str, Any] | None:
+        """Evaluate the current weights on every test dataset (sharded over ranks). Returns rank 0's results of
+        the first dataset (None elsewhere); writes OUTPUT/eval/<dataset>/metrics_<iteration>.json."""
+        first = None
+        predictor = Predictor(self.model, self.meta, str(self.device))
+        try:
+            for ds in self.test_datasets:
+                gt = PanopticGroundTruth(ds.panoptic_json, ds.panoptic_root)
+                evaluator = PanopticEvaluator(gt)
+                for index in range(self.rank, len(ds), self.world):
+                    rec = ds.gt_record(index)
+                    result = predictor.predict([read_image(rec.file_name)], file_names=[Path(rec.file_name).name],
+                                               image_ids=[rec.image_id])[0]
+                    evaluator.process(result, image_id=rec.image_id)
+                states = _all_gather(evaluator.state())
+                if self.rank != 0:
+                    continue
+                for other, state in enumerate(states):
+                    if other != 0:
+                        evaluator.merge(state)
+                results = evaluator.evaluate()
+                folder = self.out / "eval" / re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(ds.name).name or "test")
+                write_metrics_json(results, folder / f"metrics_{iteration:07d}.json",
+                                   extra={"iteration": iteration, "dataset": ds.name})
+                pan = results["panoptic"]
+                logger.info("eval %s @ iter %d: PQ %.1f SQ %.1f RQ %.1f | things PQ %.1f | stuff PQ %.1f", ds.name,
+                            iteration, pan["All"]["PQ"], pan["All"]["SQ"], pan["All"]["RQ"], pan["Things"]["PQ"],
+                            pan["Stuff"]["PQ"])
+                first = first or results
+        finally:
+            self.model.train()
+        return first
+
+    # ---- the loop ----------------------------------------------------------------------------------------------
+    def _step(self, batch: list[dict[str, Any]]) -> dict[str, float]:
+        with torch.autocast(self.device.type, dtype=_autocast_dtype(self.device), enabled=self.amp):
+            losses, counts = self.train_model(batch)
+        if self.options.global_loss_norm and self.world > 1:
+            local = counts.to(torch.float32).clamp(min=1.0)
+            total = counts.to(torch.float32)
+            dist.all_reduce(total)
+            scale = local / total.clamp(min=1.0) * self.world  # rank loss = its sums / global count * world
+            losses = {k: v * (scale[1] if k == "loss_seg_st" else scale[0] if k != "loss_pos_st" else 1.0)
+                      for k, v in losses.items()}
+        loss = sum(losses.values())
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        if not all(math.isfinite(v) for v in values.values()):
+            raise FloatingPointError(f"loss became infinite or NaN at iteration {self.iter}: {values}")
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            if self.clipper is not None:
+                self.clipper(self.optimizer)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            if self.clipper is not None:
+                self.clipper(self.optimizer)
+            self.optimizer.step()
+        self.lr = self.optimizer.param_groups[0]["lr"]  # the rate this iteration used (detectron2 logs it)
+        self.scheduler.step()
+        return values
+
+    def _reduce_mean(self, sums: dict[str, float], n: int) -> dict[str, float]:
+        """Window means of the losses, averaged over ranks (what detectron2 logs)."""
+        keys = list(LOSS_KEYS)
+        t = torch.tensor([sums.get(k, 0.0) / max(n, 1) for k in keys], dtype=torch.float64)
+        if self.world > 1:
+            t = t.to(self.device)
+            dist.all_reduce(t)
+            t = t / self.world
+        return dict(zip(keys, t.cpu().tolist()))
+
+    def train(self) -> dict[str, Any]:
+        """Run from ``start_iter`` to SOLVER.MAX_ITER. Returns a summary (rank 0: losses, eval results, paths)."""
+        cfg, opts = self.cfg, self.options
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            _atomic_write_text(self.out / "config.yaml", self._cfg_yaml())
+            if self.init_report is not None:
+                logger.info("%s", self.init_report.summary())
+        metrics = MetricsLog(self.out / "metrics.jsonl", self.start_iter) if self.rank == 0 else None
+        tb = TensorBoardLog(self.out / "tb", self.start_iter) if self.rank == 0 and opts.tensorboard else None
+        if self.resumed_from is not None:
+            logger.info("resuming from %s at iteration %d", self.resumed_from, self.start_iter)
+        elif self.rank == 0 and (self.out / LAST_CHECKPOINT).is_file():
+            logger.warning("%s holds an earlier run (%s); starting afresh over it (--resume continues it)", self.out,
+                           LAST_CHECKPOINT)
+        logger.info("training %d -> %d iterations, %d process(es), %d image(s) per batch per process, seed %d, "
+                    "device %s%s", self.start_iter, self.max_iter, self.world, self.loader.sampler.batch_size,
+                    self.seed, self.device, ", AMP" if self.amp else "")
+        period_ckpt = int(cfg.SOLVER.CHECKPOINT_PERIOD)
+        period_eval = int(cfg.TEST.EVAL_PERIOD)
+        eta = EtaMeter(self.max_iter)
+        window: dict[str, float] = {}
+        window_n, data_time = 0, 0.0
+        last_eval = None
+        last_losses: dict[str, float] = {}
+        start = time.perf_counter()
+        self.iter = self.start_iter
+        batches = iter(self.loader)
+        if self._rng_to_restore is not None:  # after the loader drew its worker seeds, as the original run did
+            _set_rng_state(self._rng_to_restore)
+        eta.step()
+        try:
+            while self.iter < self.max_iter:
+                i = self.iter
+                t0 = time.perf_counter()
+                batch = next(batches)
+                data_time += time.perf_counter() - t0
+                values = self._step(batch)
+                for k, v in values.items():
+                    window[k] = window.get(k, 0.0) + v
+                window_n += 1
+                eta.step()
+                if (i + 1) % opts.log_period == 0 or i + 1 == self.max_iter:
+                    last_losses = self._reduce_mean(window, window_n)
+                    record = {"iteration": i, **last_losses, "total_loss": sum(last_losses.values()),
+                              "lr": self.lr,
+                              "time": eta.seconds_per_iter(), "data_time": data_time / window_n,
+                              "eta_seconds": eta.eta(i + 1)}
+                    if self.rank == 0:
+                        metrics.write(record)
+                        if tb is not None:
+                            tb.write(record)
+                        logger.info("iter %d/%d  eta %s  total %.3f  %s  lr %.5f  %.3f s/it", i + 1, self.max_iter,
+                                    format_seconds(record["eta_seconds"]), record["total_loss"],
+                                    "  ".join(f"{k[5:]} {v:.3f}" for k, v in last_losses.items()), record["lr"],
+                                    record["time"])
+                    window, window_n, data_time = {}, 0, 0.0
+                final = i + 1 == self.max_iter
+                if period_ckpt > 0 and (i + 1) % period_ckpt == 0 and not final:
+                    self.save(i)
+                    eta.pause()
+                if self.test_datasets and ((period_eval > 0 and (i + 1) % period_eval == 0) or final):
+                    last_eval = self.evaluate(i)
+                    if last_eval is not None and self.rank == 0:
+                        pan = last_eval["panoptic"]
+                        rec = {"iteration": i, **{f"eval/{m}": pan["All"][m] for m in ("PQ", "SQ", "RQ")},
+                               **{f"eval/{m}_{g[:2].lower()}": pan[g][m] for g in ("Things", "Stuff")
+                                  for m in ("PQ", "SQ", "RQ")}}
+                        metrics.write(rec)
+                        if tb is not None:
+                            tb.write(rec)
+                    eta.pause()
+                self.iter += 1
+            final_path = None
+            if self.start_iter < self.max_iter or not (self.out / FINAL_CHECKPOINT).is_file():
+                final_path = self.save(self.max_iter - 1, FINAL_CHECKPOINT)
+        finally:
+            if tb is not None:
+                tb.close()
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+        elapsed = time.perf_counter() - start
+        summary: dict[str, Any] = {"iterations": self.max_iter - self.start_iter, "seconds": elapsed,
+                                   "final_checkpoint": str(final_path or self.out / FINAL_CHECKPOINT),
+                                   "losses": last_losses, "eval": last_eval, "seed": self.seed}
+        if self.rank == 0:
+            records = read_metrics(self.out / "metrics.jsonl")
+            if any("total_loss" in r for r in records):
+                summary["loss_curve"] = str(plot_loss_curve(records, self.out / "loss_curve.png",
+                                                            title=f"pfcn-train: {Path(self.out).name}"))
+            logger.info("done: %d iteration(s) in %s -> %s", summary["iterations"], format_seconds(elapsed),
+                        summary["final_checkpoint"])
+        return summary
+
+
+def train(cfg: Any, train_dataset: PanopticDataset, test_datasets: Sequence[PanopticDataset],
+          options: TrainOptions) -> dict[str, Any]:
+    """Build a `Trainer` and run it (see `Trainer.train`)."""
+    return Trainer(cfg, train_dataset, test_datasets, options).train()
