@@ -22,6 +22,7 @@ gradient (up to float summation order).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -177,6 +178,13 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+# The buffers (FrozenBN statistics) never change in training: DDP need not re-send them every forward (detectron2
+# sets broadcast_buffers=False; torch >= 2.14 renames the per-forward part forward_sync_buffers).
+_NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                   if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+                   else {"broadcast_buffers": False})
+
+
 def _autocast_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
@@ -238,7 +246,7 @@ class Trainer:
         train_model: nn.Module = TrainingModel(self.model, cfg)
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            train_model = nn.parallel.DistributedDataParallel(train_model, device_ids=ids, broadcast_buffers=False)
+            train_model = nn.parallel.DistributedDataParallel(train_model, device_ids=ids, **_NO_BUFFER_SYNC)
         self.train_model = train_model
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)
