@@ -122,6 +122,7 @@ def test_check_reports_no_unsupported_op(small_fixed, small_dynamic):
         assert "pfcn::PanopticMerge" in ops  # the merge is a local function a plugin can replace
         assert [f.name for f in onnx.load(str(path)).functions] == ["PanopticMerge"]
         assert report.min_trt == (10, 1)  # DeformConv is parsed from TensorRT 10.1
+        assert not report.warnings, report.warnings  # e.g. no duplicated large constants, no float64
 
 
 def test_dynamic_graph_other_sizes_and_batches(small, small_dynamic):
