@@ -7,8 +7,8 @@ solver`), the official targets and losses, optional AMP, gradient clipping, ``Pe
 ``model_{i:07d}.pth`` is written when ``(i + 1) % SOLVER.CHECKPOINT_PERIOD == 0``, storing ``"iteration": i``; resuming
 starts at ``i + 1``. ``last_checkpoint`` names the newest file, as detectron2's checkpointer does.
 
-Exact resume: a checkpoint holds the model, optimizer, scheduler, AMP scaler, the loader position (`pfcn.data.
-TrainLoader.state_dict`), the seed, and the python / numpy / torch / CUDA RNG states of every rank. The data stream
+Exact resume: a checkpoint holds the model, optimizer, scheduler, AMP scaler, the seed, and per rank (lists indexed
+by rank) the loader position (`pfcn.data.TrainLoader.state_dict`) and the python / numpy / torch / CUDA RNG states. The data stream
 is a pure function of (seed, position), so a run killed at any point and resumed from its last checkpoint computes
 the same iterations as an uninterrupted run, bit for bit on the same machine and thread count.
 
@@ -258,7 +258,7 @@ class Trainer:
         self.loader = build_train_loader(cfg, train_dataset, seed=self.seed, start_iter=self.start_iter,
                                          rank=self.rank, world_size=self.world, num_workers=options.num_workers)
         if ckpt is not None:
-            self.loader.load_state_dict(ckpt["loader"])  # checks seed / batch size / world size agree
+            self.loader.load_state_dict(ckpt["loader"][self.rank])  # checks seed / batch / rank / world size
         self._rng_to_restore = ckpt["rng"][self.rank] if ckpt is not None else None
         self.resumed_from = resume_from
 
@@ -290,6 +290,7 @@ class Trainer:
     def _training_state(self, iteration: int) -> dict[str, Any]:
         """Everything to continue after ``iteration`` (collective: every rank must call it)."""
         rng = _all_gather(_rng_state())
+        loaders = _all_gather(self.loader.state_dict())
         return {
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "meta": self.meta.to_dict(),
@@ -298,7 +299,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "loader": self.loader.state_dict(),
+            "loader": loaders,
             "seed": self.seed,
             "rng": rng,
         }

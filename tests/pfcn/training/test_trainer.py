@@ -64,7 +64,7 @@ def test_checkpoints_rotation_pointer_and_contents(synth: Path, tmp_path: Path) 
     assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporary files
     ckpt = load_checkpoint_file(tmp_path / "model_0000004.pth")
     assert ckpt["iteration"] == 4
-    assert ckpt["loader"]["iter"] == 5 and ckpt["loader"]["batch_size"] == 2
+    assert ckpt["loader"][0]["iter"] == 5 and ckpt["loader"][0]["batch_size"] == 2 and len(ckpt["rng"]) == 1
     assert {"model", "meta", "cfg", "optimizer", "scheduler", "rng", "seed"} <= set(ckpt)
     assert ckpt["scheduler"]["last_epoch"] == 5
     final = load_checkpoint_file(tmp_path / FINAL_CHECKPOINT)
@@ -145,8 +145,11 @@ def test_amp_on_cpu_trains(synth: Path, tmp_path: Path) -> None:
 # ---- subprocess runs: SIGKILL + resume, DDP ------------------------------------------------------------------
 def _cli(out: Path, data: Path, *extra: str) -> list[str]:
     """pfcn-train on the tiny setup; ``extra``: flags, then KEY VALUE overrides (applied after TINY's)."""
-    flags = [t for i, t in enumerate(extra) if t.startswith("--") or (i and extra[i - 1] == "--num-gpus")]
-    overrides = [t for t in extra if t not in flags]
+    flags: list[str] = []
+    overrides: list[str] = []
+    for i, token in enumerate(extra):
+        is_flag = token.startswith("--") or (i > 0 and extra[i - 1] == "--num-gpus")
+        (flags if is_flag else overrides).append(token)
     return [sys.executable, "-m", "pfcn.tools.train", "--config", str(SMALL), "--device", "cpu", "--output", str(out),
             "--train-dataset", str(data), "--no-eval", "--no-tensorboard", "--log-period", "1", *flags, *TINY[2:],
             *overrides]
@@ -248,7 +251,25 @@ def test_two_gloo_processes_match_one_process(synth: Path, single_process_run: P
         assert b["total_loss"] == pytest.approx(a["total_loss"], rel=2e-2), a["iteration"]
     distance = _relative_distance(_state(single_process_run / FINAL_CHECKPOINT), _state(out / FINAL_CHECKPOINT))
     assert distance < (5e-3 if global_norm else 2e-2)
-    assert load_checkpoint_file(out / FINAL_CHECKPOINT)["loader"]["world_size"] == 2
+    final = load_checkpoint_file(out / FINAL_CHECKPOINT)
+    assert [s["rank"] for s in final["loader"]] == [0, 1] and len(final["rng"]) == 2
+
+
+def test_two_process_resume_is_exact(synth: Path, tmp_path: Path) -> None:
+    """Each rank continues its own data shard and RNG streams: re-running the last iterations of a 2-process run
+    from its mid-way checkpoint gives the same weights bit for bit."""
+    out = tmp_path / "two"
+    args = ["--num-gpus", "2", "SOLVER.MAX_ITER", "4", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.CHECKPOINT_PERIOD", "2"]
+    first = subprocess.run(_cli(out, synth / "train", *args), env=_env(), capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    reference = _state(out / FINAL_CHECKPOINT)
+    (out / LAST_CHECKPOINT).write_text("model_0000001.pth")  # as if the run had died after iteration 1
+    again = subprocess.run(_cli(out, synth / "train", "--resume", *args), env=_env(), capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "at iteration 2" in again.stdout
+    resumed = _state(out / FINAL_CHECKPOINT)
+    assert not [k for k in reference if not torch.equal(reference[k], resumed[k])]
 
 
 def test_batch_must_divide_over_processes(synth: Path, tmp_path: Path) -> None:
