@@ -9,15 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pfcn.contract import E2E_INPUTS, E2E_OUTPUTS, NETWORK_INPUTS, NETWORK_OUTPUTS  # noqa: F401 (re-exported)
 from pfcn.inference import OUTPUT_NAMES, InferenceParams, fuse_thing_kernels, stuff_kernels, thing_candidates
 from pfcn.metadata import CategoryMeta
 from pfcn.model import PanopticFCN
-
-E2E_INPUTS = ("images", "sizes")
-E2E_OUTPUTS = OUTPUT_NAMES + ("instance_category_ids", "segment_category_ids")
-NETWORK_INPUTS = ("images", "resized_sizes")
-NETWORK_OUTPUTS = ("thing_scores", "thing_classes", "thing_kernels", "thing_valid", "stuff_scores", "stuff_kernels",
-                   "stuff_valid", "encoded")
 
 
 def _category_tables(meta: CategoryMeta) -> tuple[torch.Tensor, torch.Tensor]:

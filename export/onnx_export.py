@@ -20,6 +20,7 @@ import torch
 
 import pfcn
 from pfcn.config import cfg_to_yaml, config_hash
+from pfcn.contract import ArtifactError, decode_metadata
 from pfcn.inference import PanopticMerge
 from pfcn.metadata import CategoryMeta
 from pfcn.model import PanopticFCN
@@ -133,16 +134,24 @@ def metadata(model: PanopticFCN, cfg, meta: CategoryMeta, spec: InputSpec, opset
 
 
 def read_metadata(model_or_path: onnx.ModelProto | str | Path) -> dict[str, Any]:
-    """The pfcn metadata of an exported graph, JSON fields decoded."""
-    proto = model_or_path if isinstance(model_or_path, onnx.ModelProto) else onnx.load(str(model_or_path),
-                                                                                      load_external_data=False)
-    props = {p.key: p.value for p in proto.metadata_props}
-    if "pfcn_version" not in props:
-        raise ExportError(f"{model_or_path if not isinstance(model_or_path, onnx.ModelProto) else 'model'}: "
-                          "no pfcn metadata (not exported by pfcn-export)")
-    for key in ("categories", "thresholds", "input_spec", "output_names"):
-        props[key] = json.loads(props[key])
-    return props
+    """The pfcn metadata of an exported graph, JSON fields decoded (``pfcn.contract.decode_metadata``)."""
+    if isinstance(model_or_path, onnx.ModelProto):
+        proto, source = model_or_path, "model"
+    else:
+        proto, source = load_onnx(model_or_path, load_external_data=False), str(model_or_path)
+    return decode_metadata({p.key: p.value for p in proto.metadata_props}, source)
+
+
+def load_onnx(path: str | Path, load_external_data: bool = True) -> onnx.ModelProto:
+    """``onnx.load`` with errors that name the file: missing, truncated or not ONNX at all."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such ONNX file")
+    try:
+        return onnx.load(str(path), load_external_data=load_external_data)
+    except Exception as e:  # protobuf DecodeError, onnx errors
+        raise ArtifactError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e)[:200]}); "
+                            "is the file complete?") from None
 
 
 def _example_inputs(model: PanopticFCN, spec: InputSpec) -> tuple[torch.Tensor, torch.Tensor]:

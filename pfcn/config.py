@@ -672,6 +672,25 @@ def load_config(
     return cfg
 
 
+def config_from_yaml(text: str, overrides: Sequence[Any] | None = None, source: str = "embedded config",
+                     freeze: bool = True) -> CfgNode:
+    """Build a config from YAML text (the ``cfg`` a pfcn checkpoint or artifact carries), then overrides."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: the stored config is not valid YAML ({e})") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: the stored config is not a mapping of keys")
+    cfg = get_cfg()
+    _merge_mapping(cfg, data, "", source)
+    _check_version(cfg, source)
+    if overrides:
+        merge_overrides(cfg, overrides)
+    if freeze:
+        cfg.freeze()
+    return cfg
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Serialisation (artifact metadata).
 # --------------------------------------------------------------------------------------------------------------

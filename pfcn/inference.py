@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .contract import POSTPROCESS_OUTPUTS
 from .resize import apply_separable, interp_matrix, upsample_matrix
 
 POOL_SIZES = (3, 3, 3, 5, 5)  # official smoothing window of the centre heatmaps, per level P3..P7
@@ -346,6 +347,4 @@ def postprocess(heads: HeadOutputs, thing_embed, stuff_embed, resized: torch.Ten
     }
 
 
-OUTPUT_NAMES = ("panoptic", "semantic", "instance_masks", "instance_scores", "instance_classes", "instance_valid",
-                "segment_ids", "segment_classes", "segment_isthing", "segment_scores", "segment_areas",
-                "segment_valid")
+OUTPUT_NAMES = POSTPROCESS_OUTPUTS

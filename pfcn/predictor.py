@@ -1,4 +1,4 @@
-"""Predictor: images in, PanopticResults out, through the one static inference path.
+"""The PyTorch backend: a PanopticFCN model behind the one backend interface (``pfcn.runtime.backend``).
 
 Images are grouped by their padded network canvas (``PanopticFCN.network_size``): inside a group every image gets
 exactly the result it would get alone, because GroupNorm and the official mask rescoring see the whole padded canvas.
@@ -6,17 +6,21 @@ exactly the result it would get alone, because GroupNorm and the official mask r
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Hashable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
 
-from .checkpoint import checkpoint_meta, load_weights
+import pfcn
+from pfcn.runtime.backend import predict
+
+from .checkpoint import checkpoint_meta, load_checkpoint_file, match_state_dict
+from .config import cfg_to_yaml, config_hash
+from .contract import ArtifactInfo, make_canvas
 from .metadata import CategoryMeta
 from .model import PanopticFCN, build_model
-from .result import PanopticResult, results_from_outputs
+from .result import PanopticResult
 
 
 def default_meta(cfg) -> CategoryMeta:
@@ -40,65 +44,91 @@ def check_meta(meta: CategoryMeta, cfg, source: str) -> CategoryMeta:
 
 def to_canvas(images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack HxWx3 uint8 RGB images top-left into a [B, 3, Hmax, Wmax] uint8 canvas plus their [B, 2] sizes."""
-    sizes = [(im.shape[0], im.shape[1]) for im in images]
-    canvas = torch.zeros(len(images), 3, max(s[0] for s in sizes), max(s[1] for s in sizes), dtype=torch.uint8)
-    for i, im in enumerate(images):
-        if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
-            raise ValueError(f"image #{i}: expected HxWx3 uint8 RGB, got {im.dtype} {im.shape}")
-        canvas[i, :, : im.shape[0], : im.shape[1]] = torch.from_numpy(np.array(im, copy=True)).permute(2, 0, 1)
-    return canvas, torch.tensor(sizes, dtype=torch.int64)
+    canvas, sizes = make_canvas(images)
+    return torch.from_numpy(canvas), torch.from_numpy(sizes)
+
+
+def check_device(device: str) -> str:
+    """``cpu`` or ``cuda[:i]``, and CUDA only where it exists; anything else is a clear error."""
+    if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ValueError(f"--device {device!r}: use cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    return device
 
 
 class Predictor:
-    """Run a PanopticFCN on images of any sizes.
+    """A PanopticFCN on images of any sizes: the PyTorch backend of ``pfcn.runtime``.
 
     Args:
         model: a built (and loaded) PanopticFCN.
         meta: the dataset categories of the model's classes.
         device: "cpu" or "cuda[:i]".
         batch_size: images per forward within a canvas group.
+        cfg: the config the model was built from (recorded in ``info`` so artifacts can be compared with it).
+        source: where the weights came from (for messages).
     """
 
-    def __init__(self, model: PanopticFCN, meta: CategoryMeta, device: str = "cpu", batch_size: int = 1):
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: CUDA is not available on this machine")
-        self.model = model.to(device).eval()
+    name = "pytorch"
+
+    def __init__(self, model: PanopticFCN, meta: CategoryMeta, device: str = "cpu", batch_size: int = 1,
+                 cfg=None, source: str = "PyTorch model"):
+        self.device = torch.device(check_device(str(device)))
+        self.model = model.to(self.device).eval()
         self.meta = meta
-        self.device = torch.device(device)
         self.batch_size = max(1, int(batch_size))
+        props: dict[str, Any] = {"pfcn_version": pfcn.__version__, "graph": "e2e", "precision": "fp32"}
+        if cfg is not None:
+            props.update(config=cfg_to_yaml(cfg), config_hash=config_hash(cfg))
+        self.info = ArtifactInfo(source=source, props=props, meta=meta, graph="e2e", batch=None, fixed_hw=None,
+                                 net_size=None, dynamic_range=None, precision="fp32")
 
     @classmethod
-    def from_files(cls, cfg, weights: str | Path | None, device: str = "cpu", batch_size: int = 1) -> "Predictor":
-        """Build the model from ``cfg`` and load ``weights`` strictly (None: keep the random initialisation)."""
+    def from_files(cls, cfg, weights: str | Path | None, device: str = "cpu", batch_size: int = 1,
+                   random_weights: bool = False) -> "Predictor":
+        """Build the model from ``cfg`` and load ``weights`` strictly.
+
+        Without weights the model keeps its random initialisation, which is allowed only with ``random_weights``
+        (outputs of such a model mean nothing; the demo uses it knowingly).
+        """
         model = build_model(cfg)
         meta = default_meta(cfg)
         if weights:
-            ckpt = load_weights(model, weights)
+            ckpt = load_checkpoint_file(weights)
+            match_state_dict(model, ckpt["model"], source=str(weights))
             stored = checkpoint_meta(ckpt)
             if stored is not None:
                 meta = check_meta(stored, cfg, str(weights))
-        return cls(model, meta, device, batch_size)
+            source = str(weights)
+        elif random_weights:
+            source = "random weights"
+        else:
+            raise ValueError("no weights given: pass --weights (or MODEL.WEIGHTS) with a checkpoint, or "
+                             "--random-weights to run an untrained model knowingly")
+        return cls(model, meta, device, batch_size, cfg=cfg, source=source)
+
+    # ------------------------------------------------------------------------------------ backend interface
+    def group_key(self, h: int, w: int) -> Hashable:
+        return self.model.network_size(h, w)
+
+    def max_batch(self) -> int:
+        return self.batch_size
 
     @torch.no_grad()
+    def run(self, canvas: np.ndarray, sizes: np.ndarray) -> Mapping[str, torch.Tensor]:
+        sizes_t = torch.as_tensor(np.asarray(sizes), dtype=torch.int64)
+        nets = [self.model.network_size(int(h), int(w)) for h, w in sizes_t.tolist()]
+        net = (max(n[0] for n in nets), max(n[1] for n in nets))  # one group: all equal
+        return self.model(torch.as_tensor(np.asarray(canvas)).to(self.device), sizes_t.to(self.device), net)
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]
+
+    # ------------------------------------------------------------------------------------ conveniences
     def predict(self, images: list[np.ndarray], file_names: list[str | None] | None = None,
                 image_ids: list[Any] | None = None) -> list[PanopticResult]:
         """Predict HxWx3 uint8 RGB images; results come back in input order."""
-        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for i, im in enumerate(images):
-            groups[self.model.network_size(im.shape[0], im.shape[1])].append(i)
-        results: list[PanopticResult | None] = [None] * len(images)
-        for net_size, members in groups.items():
-            for start in range(0, len(members), self.batch_size):
-                idx = members[start: start + self.batch_size]
-                canvas, sizes = to_canvas([images[i] for i in idx])
-                outputs = self.model(canvas.to(self.device), sizes.to(self.device), net_size)
-                batch = results_from_outputs(
-                    outputs, [tuple(s) for s in sizes.tolist()], self.meta,
-                    None if file_names is None else [file_names[i] for i in idx],
-                    None if image_ids is None else [image_ids[i] for i in idx])
-                for i, r in zip(idx, batch):
-                    results[i] = r
-        return results  # type: ignore[return-value]
+        return predict(self, images, file_names, image_ids)
 
     def predict_iter(self, items: Iterable[tuple[Any, np.ndarray]]) -> Iterator[tuple[Any, PanopticResult]]:
         """Stream (key, image) pairs one at a time."""

@@ -27,7 +27,8 @@ from pfcn.image_io import list_images, read_image
 from pfcn.predictor import Predictor
 from pfcn.result import results_from_outputs
 from pfcn.runtime.compare import result_agreement, tensor_errors
-from pfcn.runtime.ort_backend import OnnxRuntimeBackend
+from pfcn.runtime import open_model
+from pfcn.runtime.backend import canvas_for
 from pfcn.tools.common import add_model_args, ensure_dir, load_cfg, parse_with_overrides, run_cli
 
 
@@ -86,25 +87,25 @@ def _main(argv: list[str] | None) -> int:
     args = parse_with_overrides(build_parser(), argv)
     cfg = load_cfg(args)
     torch_predictor = Predictor.from_files(cfg, args.weights, args.device)
-    backend = OnnxRuntimeBackend(args.onnx)
+    backend = open_model(args.onnx)
     items, gt = _inputs(args)
     if args.limit:
         items = items[: args.limit]
     if not items:
         raise ValueError("no images to compare")
-    meta = backend.meta
+    meta = backend.info.meta
     if gt is not None:
         from pfcn.tools.evaluate import _model_meta
 
-        meta = _model_meta(backend.meta, gt.meta, args.onnx)
+        meta = _model_meta(backend.info.meta, gt.meta, args.onnx)
     model = torch_predictor.model
     errors: dict[str, dict[str, float]] = {}
     per_image, res_torch, res_onnx = [], [], []
     t_torch = t_onnx = 0.0
     for image_id, path in tqdm(items, desc="pfcn-parity", unit="img"):
         image = read_image(path)
-        canvas, sizes = backend._canvas_for([image], [str(path)])
-        net = backend.net_size or model.network_size(*image.shape[:2])
+        canvas, sizes = canvas_for(backend, [image], [str(path)])
+        net = backend.info.net_size or model.network_size(*image.shape[:2])
         start = time.perf_counter()
         with torch.no_grad():
             ref = model(torch.from_numpy(canvas).to(torch_predictor.device), torch.from_numpy(sizes).to(

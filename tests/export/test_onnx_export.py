@@ -22,7 +22,9 @@ from pfcn.export.symbolics import register_symbolics
 from pfcn.inference import fuse_thing_kernels, stuff_kernels, thing_candidates
 from pfcn.predictor import default_meta, to_canvas
 from pfcn.runtime.compare import result_agreement, tensor_errors
-from pfcn.runtime.ort_backend import OnnxRuntimeBackend
+from pfcn.runtime import open_model, predict
+from pfcn.runtime.backend import canvas_for
+from pfcn.runtime.ort import OrtBackend
 from pfcn.result import results_from_outputs
 
 from ..pfcn.parity import R50_CONFIG, SMALL_CONFIG, calibrated_model, mask_iou, sample_images, synthetic_image
@@ -94,22 +96,24 @@ def run_eager(model, canvas, sizes, net=None):
 
 def test_fixed_graph_matches_eager(small, small_fixed):
     model, _, meta = small
-    backend = OnnxRuntimeBackend(small_fixed)
-    assert backend.fixed_hw == (150, 210) and backend.batch == 2
+    backend = open_model(small_fixed)
+    assert isinstance(backend, OrtBackend)
+    assert backend.info.fixed_hw == (150, 210) and backend.info.batch == 2
     images = [synthetic_image(150, 210, 5), synthetic_image(150, 210, 6)]
     canvas, sizes = (t.numpy() for t in to_canvas(images))
     assert_outputs_close(run_eager(model, canvas, sizes), backend.run(canvas, sizes), "fixed", sizes.tolist(), meta)
     # a smaller image fits the canvas: same inputs -> same outputs as eager on that canvas
     small_img = synthetic_image(120, 180, 7)
-    canvas, sizes = backend._canvas_for([small_img], ["small"])
-    assert_outputs_close(run_eager(model, canvas, sizes, backend.net_size), backend.run(canvas, sizes), "fits",
+    canvas, sizes = canvas_for(backend, [small_img], ["small"])
+    assert canvas.shape == (2, 3, 150, 210)  # the fixed batch is filled
+    assert_outputs_close(run_eager(model, canvas, sizes, backend.info.net_size), backend.run(canvas, sizes), "fits",
                          sizes.tolist(), meta)
 
 
 def test_fixed_graph_rejects_image_that_does_not_fit(small_fixed):
-    backend = OnnxRuntimeBackend(small_fixed)
-    with pytest.raises(ValueError, match="does not fit"):
-        backend.predict([synthetic_image(200, 100, 1)], file_names=["tall.jpg"])
+    backend = open_model(small_fixed)
+    with pytest.raises(ValueError, match="tall.jpg: image 200x100 does not fit"):
+        predict(backend, [synthetic_image(200, 100, 1)], file_names=["tall.jpg"])
 
 
 def test_check_reports_no_unsupported_op(small_fixed, small_dynamic):
@@ -128,8 +132,8 @@ def test_check_reports_no_unsupported_op(small_fixed, small_dynamic):
 def test_dynamic_graph_other_sizes_and_batches(small, small_dynamic):
     """A dynamic-size export keeps parity at sizes other than the export size; batch 2 = batch 1 per image."""
     model, _, meta = small
-    backend = OnnxRuntimeBackend(small_dynamic)
-    assert backend.fixed_hw is None and backend.batch is None
+    backend = open_model(small_dynamic)
+    assert backend.info.fixed_hw is None and backend.info.batch is None
     for h, w, seed in ((97, 301, 2), (400, 120, 3), (33, 45, 4)):
         image = synthetic_image(h, w, seed)
         canvas, sizes = (t.numpy() for t in to_canvas([image]))
@@ -233,7 +237,7 @@ def test_r50_export_parity_on_real_photos(tmp_path):
     meta = default_meta(cfg)
     path = export_onnx(model, cfg, meta, tmp_path / "r50.onnx", dynamic=(64, 64, 1024, 1024))
     assert check_onnx(path).ok
-    backend = OnnxRuntimeBackend(path)
+    backend = open_model(path)
     for image in images:
         canvas, sizes = (t.numpy() for t in to_canvas([image]))
         ref = run_eager(model, canvas, sizes)
