@@ -10,15 +10,10 @@ import torch
 from torch import nn
 
 from pfcn.contract import E2E_INPUTS, E2E_OUTPUTS, NETWORK_INPUTS, NETWORK_OUTPUTS  # noqa: F401 (re-exported)
-from pfcn.inference import OUTPUT_NAMES, InferenceParams, fuse_thing_kernels, stuff_kernels, thing_candidates
+from pfcn.inference import OUTPUT_NAMES, InferenceParams, dataset_category_ids, fuse_thing_kernels, stuff_kernels, thing_candidates
 from pfcn.metadata import CategoryMeta
 from pfcn.model import PanopticFCN
-
-
-def _category_tables(meta: CategoryMeta) -> tuple[torch.Tensor, torch.Tensor]:
-    things = torch.tensor(meta.thing_ids, dtype=torch.int64)
-    stuff = torch.tensor((0,) + meta.stuff_ids, dtype=torch.int64)  # stuff-head label 0 ("things") has no id
-    return things, stuff
+from pfcn.predictor import category_tables
 
 
 class EndToEndGraph(nn.Module):
@@ -32,7 +27,7 @@ class EndToEndGraph(nn.Module):
         super().__init__()
         self.model = model
         self.net_size = net_size
-        things, stuff = _category_tables(meta)
+        things, stuff = category_tables(meta)
         self.register_buffer("thing_ids", things, persistent=False)
         self.register_buffer("stuff_ids", stuff, persistent=False)
 
@@ -43,11 +38,7 @@ class EndToEndGraph(nn.Module):
         else:
             net = self.net_size
         out = self.model(images, sizes, net)
-        k = out["instance_classes"].shape[1]
-        inst_ids = self.thing_ids[out["instance_classes"]] * out["instance_valid"].to(torch.int64)
-        seg_cls = out["segment_classes"]
-        seg_ids = torch.cat([self.thing_ids[seg_cls[:, :k]], self.stuff_ids[seg_cls[:, k:]]], dim=1)
-        seg_ids = seg_ids * out["segment_valid"].to(torch.int64)
+        inst_ids, seg_ids = dataset_category_ids(out, self.thing_ids, self.stuff_ids)
         return tuple(out[name] for name in OUTPUT_NAMES) + (inst_ids, seg_ids)
 
 

@@ -348,3 +348,20 @@ def postprocess(heads: HeadOutputs, thing_embed, stuff_embed, resized: torch.Ten
 
 
 OUTPUT_NAMES = POSTPROCESS_OUTPUTS
+
+
+def dataset_category_ids(out: dict[str, torch.Tensor], thing_ids: torch.Tensor,
+                         stuff_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dataset category ids of the instance and segment slots (0 in unused slots).
+
+    Args:
+        out: the outputs of ``postprocess``.
+        thing_ids: [T] int64 dataset id of each thing class; stuff_ids: [S] of each stuff-head label (0 first).
+    Returns:
+        ``instance_category_ids`` [B, K] and ``segment_category_ids`` [B, K + S], int64.
+    """
+    k = out["instance_classes"].shape[1]
+    inst = thing_ids[out["instance_classes"]] * out["instance_valid"].to(torch.int64)
+    cls = out["segment_classes"]
+    seg = torch.cat([thing_ids[cls[:, :k]], stuff_ids[cls[:, k:]]], dim=1) * out["segment_valid"].to(torch.int64)
+    return inst, seg

@@ -19,6 +19,7 @@ from .checkpoint import checkpoint_meta, load_checkpoint_file, match_state_dict
 from .config import cfg_to_yaml, config_hash
 from .contract import ArtifactInfo, make_canvas
 from .metadata import CategoryMeta
+from .inference import dataset_category_ids
 from .model import PanopticFCN, build_model
 from .result import PanopticResult
 
@@ -40,6 +41,13 @@ def check_meta(meta: CategoryMeta, cfg, source: str) -> CategoryMeta:
         raise ValueError(f"{source}: categories give {meta.num_things} thing / {meta.num_stuff} stuff-head classes but "
                          f"the config has THING.NUM_CLASSES={things}, STUFF.NUM_CLASSES={stuff}")
     return meta
+
+
+def category_tables(meta: CategoryMeta) -> tuple[torch.Tensor, torch.Tensor]:
+    """[T] dataset ids of the thing classes and [S] of the stuff-head labels (label 0, "things", has id 0)."""
+    things = torch.tensor(meta.thing_ids, dtype=torch.int64)
+    stuff = torch.tensor((0,) + tuple(meta.stuff_ids), dtype=torch.int64)
+    return things, stuff
 
 
 def to_canvas(images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,6 +75,9 @@ class Predictor:
         batch_size: images per forward within a canvas group.
         cfg: the config the model was built from (recorded in ``info`` so artifacts can be compared with it).
         source: where the weights came from (for messages).
+
+    ``fixed_net_size`` (None by default) pins the network canvas as a fixed-size export does, so that the PyTorch
+    model can be compared with such a graph on the same terms.
     """
 
     name = "pytorch"
@@ -75,8 +86,8 @@ class Predictor:
                  cfg=None, source: str = "PyTorch model"):
         self.device = torch.device(check_device(str(device)))
         self.model = model.to(self.device).eval()
-        self.meta = meta
         self.batch_size = max(1, int(batch_size))
+        self.fixed_net_size: tuple[int, int] | None = None
         props: dict[str, Any] = {"pfcn_version": pfcn.__version__, "graph": "e2e", "precision": "fp32"}
         if cfg is not None:
             props.update(config=cfg_to_yaml(cfg), config_hash=config_hash(cfg))
@@ -107,6 +118,10 @@ class Predictor:
                              "--random-weights to run an untrained model knowingly")
         return cls(model, meta, device, batch_size, cfg=cfg, source=source)
 
+    @property
+    def meta(self) -> CategoryMeta:
+        return self.info.meta
+
     # ------------------------------------------------------------------------------------ backend interface
     def group_key(self, h: int, w: int) -> Hashable:
         return self.model.network_size(h, w)
@@ -118,8 +133,11 @@ class Predictor:
     def run(self, canvas: np.ndarray, sizes: np.ndarray) -> Mapping[str, torch.Tensor]:
         sizes_t = torch.as_tensor(np.asarray(sizes), dtype=torch.int64)
         nets = [self.model.network_size(int(h), int(w)) for h, w in sizes_t.tolist()]
-        net = (max(n[0] for n in nets), max(n[1] for n in nets))  # one group: all equal
-        return self.model(torch.as_tensor(np.asarray(canvas)).to(self.device), sizes_t.to(self.device), net)
+        net = self.fixed_net_size or (max(n[0] for n in nets), max(n[1] for n in nets))  # one group: all equal
+        out = self.model(torch.as_tensor(np.asarray(canvas)).to(self.device), sizes_t.to(self.device), net)
+        things, stuff = (t.to(self.device) for t in category_tables(self.info.meta))
+        out["instance_category_ids"], out["segment_category_ids"] = dataset_category_ids(out, things, stuff)
+        return out
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

@@ -11,27 +11,44 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from pfcn.contract import VALID_FLAG
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    return np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+
 
 def tensor_errors(reference: Mapping[str, Any], other: Mapping[str, Any]) -> dict[str, dict[str, float]]:
-    """Per output: max/mean absolute and max relative error (floats), or the fraction of differing elements."""
+    """Per output shared by both: max/mean absolute and max relative error (floats), or the fraction of differing
+    elements (integers, booleans), and how many elements were compared.
+
+    Slot tables (instances, segments) are compared only in the slots that both sides mark valid
+    (``pfcn.contract.VALID_FLAG``): the unused slots hold padding whose values mean nothing. Whether the slots agree
+    is measured by the ``*_valid`` outputs themselves.
+    """
     out = {}
-    for name, ref in reference.items():
-        a = np.asarray(ref.detach().cpu().numpy() if hasattr(ref, "detach") else ref)
+    for name in reference:
         if name not in other:
-            raise KeyError(f"output {name!r} is missing from the compared backend")
-        b = np.asarray(other[name])
+            continue
+        a, b = _as_numpy(reference[name]), _as_numpy(other[name])
         if a.shape != b.shape:
             raise ValueError(f"output {name!r}: shape {b.shape} differs from the reference {a.shape}")
+        flag = VALID_FLAG.get(name)
+        if flag is not None and flag in reference and flag in other:
+            both = _as_numpy(reference[flag]).astype(bool) & _as_numpy(other[flag]).astype(bool)  # [B, K]
+            a, b = a[both], b[both]  # [N, ...] the real slots only
         if np.issubdtype(a.dtype, np.floating):
             diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
             rel = diff / np.maximum(np.abs(a.astype(np.float64)), 1e-6)
             out[name] = {"max_abs": float(diff.max(initial=0)), "mean_abs": float(diff.mean()) if diff.size else 0.0,
-                         "max_rel": float(rel.max(initial=0)), "mismatch": float((diff > 0).mean()) if diff.size else 0}
+                         "max_rel": float(rel.max(initial=0)), "mismatch": float((diff > 0).mean()) if diff.size else 0,
+                         "compared": int(a.shape[0]) if flag else int(a.size)}
         else:
             neq = a != b
             out[name] = {"max_abs": float(np.abs(a.astype(np.int64) - b.astype(np.int64)).max(initial=0)),
                          "mean_abs": float(neq.mean()) if neq.size else 0.0, "max_rel": 0.0,
-                         "mismatch": float(neq.mean()) if neq.size else 0.0}
+                         "mismatch": float(neq.mean()) if neq.size else 0.0,
+                         "compared": int(a.shape[0]) if flag else int(a.size)}
     return out
 
 

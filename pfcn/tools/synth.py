@@ -17,7 +17,7 @@ import sys
 import time
 
 from pfcn.data.synth import MAX_CLASSES, SynthSpec, generate_dataset
-from pfcn.tools.common import run_cli
+from pfcn.arguments import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pfcn.tools.common import add_model_args, load_cfg, parse_with_overrides, run_cli
+from pfcn.arguments import add_model_args, make_parser, load_cfg, parse_with_overrides, run_cli
 
 __all__ = ["build_parser", "main"]
 
@@ -35,15 +35,12 @@ _DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADD
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pfcn-train", description=__doc__.split("\n\n")[0])
-    add_model_args(p)
+    p = make_parser("pfcn-train", __doc__)
+    add_model_args(p, config_required=True, training=True)
     for action in p._actions:
         if action.dest == "device":
             action.default = "auto"
-            action.help = "cpu or cuda (default: cuda when available, else cpu)"
-        if action.dest == "weights":
-            action.help = ("initial weights, overrides MODEL.WEIGHTS: an ImageNet backbone (detectron2 MSRA .pkl or "
-                           "torchvision resnet .pth) or a pfcn/official checkpoint; ignored when resuming")
+            action.help = "cpu or cuda (auto: cuda when available, else cpu)"
     p.add_argument("--output", "--out", dest="output", default=None, help="output folder (default: OUTPUT_DIR)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUTPUT/last_checkpoint (model, optimizer, schedule, RNG and data position); "

@@ -51,8 +51,14 @@ def test_export_check_parity_pass(setup, capsys):
     assert report["ok"] and report["images"] == 3
     assert set(report["gates"]) == {"pixel_agreement", "delta_pq"}
     assert report["gates"]["delta_pq"]["value"] <= 0.05
-    assert "PQ_All" in report["pq"]["torch"] and "panoptic" in report["tensor_errors"]
+    assert "PQ_All" in report["pq"]["reference"] and "panoptic" in report["tensor_errors"]
     assert (root / "par0" / "parity.md").read_text().startswith("```")
+    # only valid slots are compared: a passing comparison shows no mismatch caused by padding slots
+    errors = report["tensor_errors"]
+    for name in ("segment_classes", "segment_category_ids", "instance_classes", "instance_category_ids"):
+        assert errors[name]["mismatch"] <= 0.05, (name, errors[name])
+        assert 0 < errors[name]["compared"] < 3 * (100 + 4), (name, errors[name])  # fewer than all slots
+    assert "slots both sides mark valid" in (root / "par0" / "parity.md").read_text()
 
 
 def test_parity_gate_fails_on_a_different_model(setup):
@@ -84,6 +90,54 @@ def test_export_errors_are_clear(setup, tmp_path, capsys):
     assert export_main(["--check", str(bogus)]) == 2
     assert "not an ONNX model" in capsys.readouterr().err
     # impossible sizes
-    code = export_main(["--config", str(SMALL_CONFIG), "--out", str(tmp_path / "x.onnx"), "--input-size", "0", "10"]
-                       + HEADS)
+    code = export_main(["--config", str(SMALL_CONFIG), "--random-weights", "--out", str(tmp_path / "x.onnx"),
+                        "--input-size", "0", "10"] + HEADS)
     assert code == 2 and "--input-size 0 10" in capsys.readouterr().err
+
+
+def test_export_refuses_to_run_without_weights(tmp_path, capsys):
+    code = export_main(["--config", str(SMALL_CONFIG), "--out", str(tmp_path / "x.onnx")] + HEADS)
+    err = capsys.readouterr().err
+    assert code == 2 and "no model given" in err and "--random-weights" in err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_parity_compares_two_artifacts_and_names_config_differences(setup, capsys):
+    """Any two artifacts: the ONNX graph against another ONNX graph; a different config is named before the gates."""
+    root, gt_json, ckpt = setup
+    a, b = root / "pa.onnx", root / "pb.onnx"
+    for path, extra in ((a, []), (b, ["MODEL.POSITION_HEAD.THING.THRES", "0.3"])):
+        assert export_main(["--weights", str(ckpt[0]), "--out", str(path), "--dynamic", "32", "32", "512", "512",
+                            "--no-check"] + HEADS + extra) == 0  # config read from the checkpoint
+    capsys.readouterr()
+    code = parity_main(["--model", str(b), "--reference", str(a), "--dataset", str(gt_json.parent),
+                        "--out", str(root / "par2"), "--no-progress"])
+    captured = capsys.readouterr()
+    assert "different configs" in captured.err and "MODEL.POSITION_HEAD.THING.THRES: 0.05 vs 0.3" in captured.err
+    report = json.loads((root / "par2" / "parity.json").read_text())
+    assert report["backends"] == ["onnxruntime", "onnxruntime"]
+    assert report["config_differences"] and code in (0, 1)
+
+
+def test_parity_bad_inputs(setup, tmp_path, capsys):
+    root, gt_json, ckpt = setup
+    bogus = tmp_path / "bogus.onnx"
+    bogus.write_bytes(b"\x08\x01garbage")
+    code = parity_main(["--model", str(bogus), "--reference", str(ckpt[0]), "--images", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and str(bogus) in err and "Traceback" not in err
+    # an unreadable image is listed at the end, the others are still compared, exit code 1
+    onnx_path = tmp_path / "m.onnx"
+    assert export_main(["--weights", str(ckpt[0]), "--out", str(onnx_path), "--input-size", "96", "128",
+                        "--no-check"] + HEADS) == 0
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for src in sorted((gt_json.parent / "images").iterdir())[:2]:
+        (images / src.name).write_bytes(src.read_bytes())
+    (images / "broken.jpg").write_bytes(b"not a jpeg")
+    code = parity_main(["--model", str(onnx_path), "--reference", str(ckpt[0]), "--images", str(images),
+                        "--out", str(tmp_path / "o"), "--no-progress"] + HEADS)
+    captured = capsys.readouterr()
+    report = json.loads((tmp_path / "o" / "parity.json").read_text())
+    assert code == 1 and report["images"] == 2 and len(report["failed_images"]) == 1
+    assert "broken.jpg" in captured.err
