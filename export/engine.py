@@ -354,14 +354,20 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str | None =
         "profiles": [profile.shapes()] if profile is not None else [],
         "onnx_sha256": graph.sha256,
         "onnx_file": graph.path.name,
-        "engine_bytes": len(data),
-        "engine_sha256": hashlib.sha256(data).hexdigest(),
         "build_seconds": round(seconds, 1),
         "build_command": build_command(graph.path, out, precision, weakly_typed, workspace, timing_cache, profile,
                                        max_batch),
     })
+    return write_engine(out, data, props)
+
+
+def write_engine(out: str | Path, plan: bytes, props: dict[str, Any]) -> Path:
+    """Write the plan bytes untouched and its JSON sidecar (``props`` + the plan's size and sha256), each atomically;
+    the sidecar goes last, so a plan without a matching sidecar is never taken for a complete engine."""
+    out = Path(out)
+    props = dict(props, engine_bytes=len(plan), engine_sha256=hashlib.sha256(plan).hexdigest())
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, data)
+    atomic_write_bytes(out, plan)
     atomic_write_bytes(engine_sidecar(out), json.dumps(encode_metadata(props), indent=1).encode())
     return out
 
@@ -402,5 +408,5 @@ def engine_from_args(args: argparse.Namespace) -> int:
                         progress=not args.no_progress)
     size_mb = path.stat().st_size / 2**20
     print(f"pfcn-export: wrote {path} ({size_mb:.1f} MB) and {engine_sidecar(path).name}")
-    print(f"next: pfcn-predict --model {path} --device cuda --images DIR")
+    print(f"next: pfcn-predict IMAGES --weights {path} --device cuda (or pfcn.runtime.open_model)")
     return 0

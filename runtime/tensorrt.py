@@ -48,8 +48,8 @@ def read_sidecar(engine_path: str | Path) -> dict[str, Any]:
     engine_path = Path(engine_path)
     side = engine_sidecar(engine_path)
     if not side.is_file():
-        raise ArtifactError(f"{engine_path}: its metadata file {side} is missing; pfcn writes it next to every engine it "
-                            "builds — build the engine with pfcn-export --format engine --onnx MODEL.onnx "
+        raise ArtifactError(f"{engine_path}: its metadata file {side} is missing; pfcn writes it next to every "
+                            "engine it builds — build the engine with pfcn-export --format engine --onnx MODEL.onnx "
                             f"--out {engine_path} (an engine built by trtexec has no pfcn metadata)")
     try:
         props = json.loads(side.read_text(encoding="utf-8"))
@@ -74,8 +74,8 @@ def check_engine_file(engine_path: str | Path, props: Mapping[str, Any]) -> None
     size = engine_path.stat().st_size
     want_size = props.get("engine_bytes")
     if want_size is not None and int(want_size) != size:
-        raise ArtifactError(f"{engine_path}: {size} bytes, but its metadata says {want_size}; the engine is truncated or "
-                            f"was replaced — rebuild it: {rebuild_hint(props, engine_path)}")
+        raise ArtifactError(f"{engine_path}: {size} bytes, but its metadata says {want_size}; the engine is "
+                            f"truncated or was replaced — rebuild it: {rebuild_hint(props, engine_path)}")
     want_sha = props.get("engine_sha256")
     if want_sha:
         h = hashlib.sha256()
@@ -83,8 +83,9 @@ def check_engine_file(engine_path: str | Path, props: Mapping[str, Any]) -> None
             for block in iter(lambda: f.read(1 << 22), b""):
                 h.update(block)
         if h.hexdigest() != want_sha:
-            raise ArtifactError(f"{engine_path}: its content does not match the sha256 in {engine_sidecar(engine_path).name}; "
-                                f"the engine is damaged or was replaced — rebuild it: {rebuild_hint(props, engine_path)}")
+            raise ArtifactError(f"{engine_path}: its content does not match the sha256 in "
+                                f"{engine_sidecar(engine_path).name}; the engine is damaged or was replaced — "
+                                f"rebuild it: {rebuild_hint(props, engine_path)}")
 
 
 def parse_version(version: str) -> tuple[int, ...]:
@@ -119,9 +120,9 @@ def check_in_profile(engine_path: str | Path, name: str, shape: Sequence[int],
     """``shape`` of input ``name`` lies within the engine's optimization profile (min, opt, max)."""
     lo, _, hi = profile
     if len(shape) != len(lo) or any(s < a or s > b for s, a, b in zip(shape, lo, hi)):
-        raise ArtifactError(f"{engine_path}: input {name!r} of shape {tuple(shape)} is outside the engine's optimization "
-                            f"profile (min {tuple(lo)}, max {tuple(hi)}); resize the images, or rebuild the engine "
-                            "with a wider --profile")
+        raise ArtifactError(f"{engine_path}: input {name!r} of shape {tuple(shape)} is outside the engine's "
+                            f"optimization profile (min {tuple(lo)}, max {tuple(hi)}); resize the images, or rebuild "
+                            "the engine with a wider --profile")
 
 
 # ------------------------------------------------------------------------------------------------ TensorRT access
@@ -309,8 +310,7 @@ class TensorRTBackend:
                                 f"rebuild it from a pfcn e2e graph: {rebuild_hint(props, self.path)}")
         self.output_names = [n for n in names if n not in inputs]
         self.dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
-        self.profiles = {n: tuple(tuple(int(d) for d in dims) for dims in engine.get_tensor_profile_shape(n, 0))
-                         for n in inputs}
+        self.profiles = {n: self._profile(n) for n in inputs}
         context = engine.create_execution_context()
         if context is None:
             raise ArtifactError(f"{self.path}: TensorRT could not create an execution context (out of GPU memory?)")
@@ -357,6 +357,15 @@ class TensorRTBackend:
         self.trt_runtime = None
 
     # Helpers -----------------------------------------------------------------------------------------------------
+    def _profile(self, name: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """(min, opt, max) shape of an input: its fixed shape, or the range of optimization profile 0."""
+        engine = self.engine
+        shape = tuple(int(d) for d in engine.get_tensor_shape(name))
+        if all(d >= 0 for d in shape):
+            return shape, shape, shape
+        lo, mid, hi = (tuple(int(d) for d in dims) for dims in engine.get_tensor_profile_shape(name, 0))
+        return lo, mid, hi
+
     def _fit_profile(self, canvas: np.ndarray) -> np.ndarray:
         """Pad a canvas smaller than the profile's minimum H/W with zeros (the graph ignores pixels outside each
         image's size), so small images run on an engine built for larger ones."""

@@ -134,7 +134,8 @@ def test_the_object_table_cannot_drift(bindings):
 def test_bindings_facts_of_each_version(bindings):
     """A direct fact of the two versions, as a sanity check of the bindings themselves."""
     proc = bindings.python("import tensorrt as t; print(hasattr(t, 'IInt8EntropyCalibrator2'), "
-                           "hasattr(t.BuilderFlag, 'FP16'), hasattr(t.NetworkDefinitionCreationFlag, 'STRONGLY_TYPED'))")
+                           "hasattr(t.BuilderFlag, 'FP16'), "
+                           "hasattr(t.NetworkDefinitionCreationFlag, 'STRONGLY_TYPED'))")
     assert proc.returncode == 0, proc.stderr
     calib, fp16, strong = proc.stdout.split()
     assert (calib == "True", fp16 == "True", strong) == (bindings.major == 10, bindings.major == 10, "True")
