@@ -24,6 +24,7 @@ RUNNER = "import sys; sys.path.insert(0, 'tests/runtime'); import trt_api; sys.e
 
 @pytest.fixture(scope="module", params=sorted(WHEELS), ids=lambda m: f"trt{m}")
 def bindings(request):
+    pytest.importorskip("polygraphy", reason="polygraphy is not installed (the engine builder uses it)")
     try:
         return prepare(request.param)
     except Unavailable as e:
@@ -160,3 +161,28 @@ def test_polygraphy_calls_exist_in_pinned_version():
     assert {"profiles", "memory_pool_limits", "load_timing_cache", "progress_monitor"} <= common
     assert callable(EngineFromBytes) and callable(TrtRunner) and hasattr(Comparator, "run")
     assert Path(inspect.getsourcefile(CreateConfig)).is_file()  # its source is read for the flag mapping
+
+
+def test_cuda_python_names_exist():
+    """The torch-free buffer path (``cuda.bindings.runtime`` as ``cudart``) uses only names cuda-python has."""
+    import ast
+    import sys
+
+    cudart = pytest.importorskip("cuda.bindings.runtime", reason="cuda-python (cuda-bindings) is not installed")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from trt_api import chain
+
+    tree = ast.parse((REPO / "runtime" / "tensorrt.py").read_text())
+    used = set()
+    for node in ast.walk(tree):
+        parts = chain(node) if isinstance(node, ast.Attribute) else None
+        if parts and parts[0] == "self" and len(parts) > 2 and parts[1] == "cudart":
+            parts = parts[1:]
+        if parts and parts[0] == "cudart" and len(parts) > 1:
+            used.add(tuple(parts[1:]))
+    assert len(used) >= 8, used
+    for path in used:
+        obj = cudart
+        for part in path:
+            assert hasattr(obj, part), f"cuda.bindings.runtime has no {'.'.join(path)}"
+            obj = getattr(obj, part)

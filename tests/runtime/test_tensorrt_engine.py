@@ -47,13 +47,20 @@ def engine_props(onnx_props: dict[str, str], **extra) -> dict:
     return props
 
 
-def io_graph(path, props: dict[str, str] | None, inputs=E2E_INPUTS):
-    """An ONNX file with pfcn's e2e input signature and the given metadata (for the build's graph checks)."""
+def io_graph(path, props: dict[str, str] | None, inputs=E2E_INPUTS, merge: bool = False):
+    """An ONNX file with pfcn's e2e input signature and the given metadata (for the build's graph checks); with
+    ``merge``, its output comes from a call of a ``pfcn::PanopticMerge`` local function, as in an exported graph."""
     ins = [helper.make_tensor_value_info(inputs[0], TensorProto.UINT8, ["B", 3, "H", "W"]),
            helper.make_tensor_value_info(inputs[1], TensorProto.INT64, ["B", 2])]
     outs = [helper.make_tensor_value_info("panoptic", TensorProto.INT64, ["B", 2])]
-    graph = helper.make_graph([helper.make_node("Identity", [inputs[1]], ["panoptic"])], "g", ins, outs)
-    proto = helper.make_model(graph)
+    op, domain = ("PanopticMerge", "pfcn") if merge else ("Identity", "")
+    graph = helper.make_graph([helper.make_node(op, [inputs[1]], ["panoptic"], domain=domain)], "g", ins, outs)
+    opsets = [helper.make_opsetid("", 19)] + ([helper.make_opsetid("pfcn", 1)] if merge else [])
+    proto = helper.make_model(graph, opset_imports=opsets)
+    if merge:
+        proto.functions.append(helper.make_function("pfcn", "PanopticMerge", ["x"], ["y"],
+                                                    [helper.make_node("Identity", ["x"], ["y"])],
+                                                    [helper.make_opsetid("", 19)]))
     for k, v in (props or {}).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
@@ -199,6 +206,21 @@ def test_precision_rules(tmp_path, onnx_props):
         resolve_precision(fp32, "int8", True, 10)
 
 
+def test_merge_function_and_plugin_namespace(tmp_path, onnx_props):
+    """A registered pfcn::PanopticMerge plugin replaces the local function only when the call node names its
+    namespace (the parser inlines the function otherwise)."""
+    from pfcn.export.engine import with_plugin_namespace
+
+    path = io_graph(tmp_path / "merge.onnx", onnx_props, merge=True)
+    onnx.checker.check_model(onnx.load(str(path)))
+    assert read_graph(path).has_merge_function
+    assert not read_graph(io_graph(tmp_path / "plain.onnx", onnx_props)).has_merge_function
+    proto = onnx.load_from_string(with_plugin_namespace(path))
+    node = next(n for n in proto.graph.node if n.op_type == "PanopticMerge")
+    assert [(a.name, a.s) for a in node.attribute] == [("plugin_namespace", b"pfcn")]
+    assert [p.key for p in proto.metadata_props] == list(onnx_props)  # metadata kept
+
+
 def test_build_refuses_bad_graphs_before_tensorrt(tmp_path, onnx_props):
     with pytest.raises(ArtifactError, match="no pfcn metadata"):
         build_engine(io_graph(tmp_path / "plain.onnx", None), tmp_path / "m.engine")
@@ -300,6 +322,28 @@ def test_fp32_engine_matches_pytorch(small_graphs, kind):
                 predict(backend, [synthetic_image(300, 200, 3)])
     finally:
         backend.close()
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(not _tensorrt_and_gpu(), reason="needs TensorRT and a GPU")
+def test_backend_equals_polygraphy_runner(small_graphs):
+    """pfcn's buffers and named-tensor execution give exactly what Polygraphy's TrtRunner gives on the same plan."""
+    import numpy as np
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    from pfcn.runtime.backend import canvas_for
+
+    engine = small_graphs["root"] / "dynamic.engine"
+    if not engine.is_file():
+        build_engine(small_graphs["dynamic"], engine, max_batch=2, progress=False)
+    backend = open_model(engine, device="cuda", batch_size=2)
+    canvas, sizes = canvas_for(backend, small_graphs["images"])
+    ours = backend.run(canvas, sizes)
+    backend.close()
+    with TrtRunner(EngineFromBytes(engine.read_bytes())) as runner:
+        theirs = runner.infer({"images": canvas, "sizes": sizes})
+    for name, value in ours.items():
+        np.testing.assert_array_equal(value, np.asarray(theirs[name]), err_msg=name)
 
 
 @pytest.mark.tensorrt
