@@ -26,8 +26,7 @@ import onnx
 
 from pfcn.contract import E2E_INPUTS, ArtifactError, atomic_write_bytes, decode_metadata, encode_metadata, \
     engine_sidecar
-from pfcn.runtime.tensorrt import (check_tensorrt_version, get_logger, gpu_properties, import_tensorrt,
-                                   trt_major)
+from pfcn.runtime.tensorrt import get_logger, gpu_properties, import_tensorrt, trt_major
 
 PRECISIONS = ("fp32", "fp16", "int8")
 MERGE_FUNCTION = ("pfcn", "PanopticMerge")  # (domain = plugin namespace, name) of the merge's local function
@@ -284,8 +283,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str | None =
         raise EngineBuildError("--profile: pfcn engines take one optimization profile (give MIN OPT MAX once)")
     profile = check_profile(profiles[0], graph.spec, str(graph.path)) if profiles else \
         default_profile(graph.spec, max_batch)
-    trt = import_tensorrt()
-    check_tensorrt_version(trt.__version__, "pfcn's engine builder")
+    trt = import_tensorrt()  # also refuses TensorRT versions pfcn does not support
     engine_precision = resolve_precision(graph, precision, weakly_typed, trt_major(trt))
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxBytes, \
         NetworkFromOnnxPath, Profile
