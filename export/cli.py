@@ -3,6 +3,8 @@
     pfcn-export --model W [--config C] --format onnx --out model.onnx
                 [--input-size H W | --dynamic MIN_H MIN_W MAX_H MAX_W] [--batch N | --dynamic-batch]
                 [--graph e2e|network] [--opset N] [KEY VALUE ...]
+    pfcn-export --format engine --onnx model.onnx --out model.engine [--precision P] [--profile MIN OPT MAX]
+                [--workspace GIB] [--timing-cache FILE]
     pfcn-export --check model.onnx
 """
 
@@ -16,13 +18,15 @@ from pathlib import Path
 from pfcn.arguments import add_model_args, load_cfg, make_parser, model_path, parse_with_overrides, run_cli
 
 from .check import check_onnx
+from .engine import add_engine_args, engine_from_args
 from .onnx_export import export_onnx
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("pfcn-export", __doc__)
     p.add_argument("--check", metavar="ONNX", help="only check an ONNX file (ONNX checker + TensorRT report)")
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="artifact format")
+    p.add_argument("--format", default="onnx", choices=["onnx", "engine"],
+                   help="onnx: a static ONNX graph from a checkpoint; engine: a TensorRT engine from --onnx")
     p.add_argument("--out", default="model.onnx", help="output path")
     p.add_argument("--graph", default="e2e", choices=["e2e", "network"],
                    help="e2e: uint8 images + sizes -> panoptic result; network: resized images -> kernels + feature")
@@ -37,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=19, help="ONNX opset (>= 19 for DeformConv)")
     p.add_argument("--no-check", action="store_true", help="skip the check of the exported file")
     add_model_args(p, device=False, runtime=False)  # export traces on the CPU
+    add_engine_args(p)
     return p
 
 
@@ -46,6 +51,8 @@ def _main(argv: list[str] | None) -> int:
         report = check_onnx(args.check)
         print(report.to_text())
         return 0 if report.ok else 1
+    if args.format == "engine":
+        return engine_from_args(args)
     from pfcn.runtime.loader import artifact_kind, load_model_config
     from pfcn.predictor import Predictor
 

@@ -84,7 +84,8 @@ def open_model(path: str | Path | None, *, config: str | Path | None = None, ove
     if kind == "engine":
         from .tensorrt import TensorRTBackend
 
-        return TensorRTBackend(path, device=device, batch_size=batch_size)
+        # an engine runs on a GPU only: the CPU default means "the first GPU" here
+        return TensorRTBackend(path, device=device if device.startswith("cuda") else "cuda", batch_size=batch_size)
     import torch
 
     from pfcn.predictor import Predictor
