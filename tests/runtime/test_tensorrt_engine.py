@@ -117,8 +117,10 @@ def test_truncated_and_replaced_engine(tmp_path, onnx_props):
 
 def test_engine_needs_a_gpu_device(tmp_path, onnx_props):
     engine = write_engine(tmp_path / "model.engine", b"plan", engine_props(onnx_props))
+    from pfcn.runtime.tensorrt import TensorRTBackend
+
     with pytest.raises(ArtifactError, match="--device cuda"):
-        open_model(engine, device="cpu")
+        TensorRTBackend(engine, device="cpu")  # open_model itself sends engines to the GPU
 
 
 def test_network_graph_engine_is_refused(tmp_path, onnx_props):
