@@ -75,7 +75,8 @@ def test_scores_prediction_files(tmp_path: Path, capsys: pytest.CaptureFixture[s
 @pytest.mark.parametrize("argv, message", [
     (["--predictions", "p"], "the ground truth is missing"),
     (["--dataset", "x", "--gt-json", "j"], "either --dataset or --images"),
-    (["--gt-json", "{gt}"], "--config is required to run a model"),
+    (["--gt-json", "{gt}"], "--images DIR is required to run a model"),
+    (["--gt-json", "{gt}", "--images", "{tmp}"], "no model given: pass --model"),
     (["--gt-json", "{gt}", "--predictions", "{gt}", "--config", "c.yaml"], "takes no --config"),
     (["--gt-json", "{gt}", "--predictions", "{tmp}/missing.json"], "missing.json: predicted panoptic JSON not found"),
     (["--gt-json", "{tmp}/nope.json"], "nope.json: ground-truth panoptic JSON not found"),
@@ -100,7 +101,8 @@ def test_bad_prediction_file_names_the_culprit(tmp_path: Path, capsys: pytest.Ca
 
 def test_runs_the_model_and_rescores_its_files(tmp_path: Path) -> None:
     flags = _tiny_coco_set(tmp_path / "data", 1)
-    assert main(["--config", str(CONFIG), *flags, "--out", str(tmp_path / "run"), "--no-progress", *SMALL]) == 0
+    assert main(["--config", str(CONFIG), "--random-weights", *flags, "--out", str(tmp_path / "run"), "--no-progress",
+                 *SMALL]) == 0
     preds = tmp_path / "run" / "predictions"
     assert (preds / "panoptic.json").is_file() and (preds / "panoptic" / "0.png").is_file()
     assert (preds / "semantic" / "0.png").is_file() and (preds / "instances.json").is_file()
@@ -116,7 +118,8 @@ def test_runs_the_model_and_rescores_its_files(tmp_path: Path) -> None:
 def test_image_missing_for_the_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     flags = _tiny_coco_set(tmp_path / "data", 1)
     (tmp_path / "data" / "images" / "0.jpg").unlink()
-    assert main(["--config", str(CONFIG), *flags, "--out", str(tmp_path / "run"), "--no-progress", *SMALL]) == 2
+    assert main(["--config", str(CONFIG), "--random-weights", *flags, "--out", str(tmp_path / "run"), "--no-progress",
+                 *SMALL]) == 2
     assert "0.jpg: no such image file" in capsys.readouterr().err
 
 
