@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pfcn.contract import E2E_INPUTS, E2E_OUTPUTS, NETWORK_INPUTS, NETWORK_OUTPUTS  # noqa: F401 (re-exported)
-from pfcn.inference import OUTPUT_NAMES, InferenceParams, dataset_category_ids, fuse_thing_kernels, stuff_kernels, thing_candidates
+from pfcn.inference import OUTPUT_NAMES, InferenceParams, dataset_category_ids, generate_kernels
 from pfcn.metadata import CategoryMeta
 from pfcn.model import PanopticFCN
 from pfcn.predictor import category_tables
@@ -58,17 +58,6 @@ class NetworkGraph(nn.Module):
 
     def forward(self, images: torch.Tensor, resized_sizes: torch.Tensor):
         m = self.model
-        x = images.to(torch.float32)
-        if m.input_format == "BGR":
-            x = x.flip(1)
-        x = (x - m.pixel_mean) / m.pixel_std
-        h, w = x.shape[2], x.shape[3]
-        rows = torch.arange(h, device=x.device).reshape(1, 1, -1, 1) < resized_sizes[:, 0].reshape(-1, 1, 1, 1)
-        cols = torch.arange(w, device=x.device).reshape(1, 1, 1, -1) < resized_sizes[:, 1].reshape(-1, 1, 1, 1)
-        x = x * (rows & cols).to(x.dtype)
+        x = m.normalize(images.to(torch.float32), resized_sizes)
         heads = m.forward_features(x)
-        scores, classes, kernels, valid = thing_candidates(heads.centers, heads.weights, self.params)
-        scores, classes, kernels, valid = fuse_thing_kernels(scores, classes, kernels, valid, m.thing_generator,
-                                                             self.params)
-        st_scores, st_kernels, st_valid = stuff_kernels(heads.regions, heads.weights, m.stuff_generator, self.params)
-        return scores, classes, kernels, valid, st_scores, st_kernels, st_valid, heads.encoded
+        return generate_kernels(heads, m.thing_generator, m.stuff_generator, self.params) + (heads.encoded,)

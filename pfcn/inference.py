@@ -292,6 +292,19 @@ class PanopticMerge(nn.Module):
         return panoptic_merge(masks, scores, valid, semantic, inside, self.num_stuff, self.params)
 
 
+def generate_kernels(heads: HeadOutputs, thing_embed, stuff_embed, p: InferenceParams):
+    """The kernel stage: thing candidates fused by similarity, and one kernel per stuff class.
+
+    Returns:
+        thing scores, classes, kernels, valid ([B, N], [B, N], [B, N, C], [B, N], sorted by score) and stuff scores,
+        kernels, valid ([B, S], [B, S, C], [B, S]; slot = stuff-head class).
+    """
+    scores, classes, kernels, valid = thing_candidates(heads.centers, heads.weights, p)
+    scores, classes, kernels, valid = fuse_thing_kernels(scores, classes, kernels, valid, thing_embed, p)
+    st_scores, st_kernels, st_valid = stuff_kernels(heads.regions, heads.weights, stuff_embed, p)
+    return scores, classes, kernels, valid, st_scores, st_kernels, st_valid
+
+
 def postprocess(heads: HeadOutputs, thing_embed, stuff_embed, resized: torch.Tensor, original: torch.Tensor,
                 canvas_hw: tuple[int, int], p: InferenceParams,
                 merge: PanopticMerge | None = None) -> dict[str, torch.Tensor]:
@@ -309,10 +322,9 @@ def postprocess(heads: HeadOutputs, thing_embed, stuff_embed, resized: torch.Ten
         instance_classes, instance_valid [B, K]; segment_ids, segment_classes, segment_isthing, segment_scores,
         segment_areas, segment_valid [B, K + S].
     """
-    scores, classes, kernels, valid = thing_candidates(heads.centers, heads.weights, p)
-    scores, classes, kernels, valid = fuse_thing_kernels(scores, classes, kernels, valid, thing_embed, p)
+    scores, classes, kernels, valid, st_scores, st_kernels, st_valid = generate_kernels(heads, thing_embed,
+                                                                                        stuff_embed, p)
     scores, classes, valid, thing_probs = thing_masks(scores, classes, kernels, valid, heads.encoded, p)
-    st_scores, st_kernels, st_valid = stuff_kernels(heads.regions, heads.weights, stuff_embed, p)
     st_probs = torch.sigmoid(mask_logits(st_kernels, heads.encoded)) * st_valid.to(st_kernels.dtype)[..., None, None]
 
     feat_hw = (heads.encoded.shape[2], heads.encoded.shape[3])

@@ -109,12 +109,21 @@ class PanopticFCN(nn.Module):
         limit = torch.stack([torch.as_tensor(hn), torch.as_tensor(wn)]).to(resized).reshape(1, 2)
         resized = torch.minimum(resized, limit)
         x = pil_bilinear_resize(images, sizes, resized, (hn, wn))  # [B, 3, hn, wn] integers 0..255
+        return self.normalize(x, resized, (hn, wn)), resized
+
+    def normalize(self, x: torch.Tensor, resized: torch.Tensor, net_size=None) -> torch.Tensor:
+        """Resized RGB pixel values [B, 3, Hn, Wn] (0..255, image i top-left at ``resized[i]``) -> network input:
+        the model's channel order, mean/std, and zeros outside each image (detectron2 pads after normalising).
+
+        ``net_size`` (Hn, Wn) is passed where it is a traced tensor (dynamic-size export) rather than read off ``x``.
+        """
+        hn, wn = net_size if net_size is not None else (x.shape[2], x.shape[3])
         if self.input_format == "BGR":
             x = x.flip(1)
         x = (x - self.pixel_mean) / self.pixel_std
         rows = torch.arange(hn, device=x.device).reshape(1, 1, -1, 1) < resized[:, 0].reshape(-1, 1, 1, 1)
         cols = torch.arange(wn, device=x.device).reshape(1, 1, 1, -1) < resized[:, 1].reshape(-1, 1, 1, 1)
-        return x * (rows & cols).to(x.dtype), resized
+        return x * (rows & cols).to(x.dtype)
 
     def forward(self, images: torch.Tensor, sizes: torch.Tensor | None = None,
                 net_size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
