@@ -141,3 +141,19 @@ def test_parity_bad_inputs(setup, tmp_path, capsys):
     report = json.loads((tmp_path / "o" / "parity.json").read_text())
     assert code == 1 and report["images"] == 2 and len(report["failed_images"]) == 1
     assert "broken.jpg" in captured.err
+
+
+def test_eval_and_predict_take_an_onnx_artifact(setup, tmp_path):
+    """pfcn-eval runs any artifact through --model: the ONNX graph scores what the checkpoint scores."""
+    from pfcn.tools.evaluate import main as eval_main
+
+    root, gt_json, ckpt = setup
+    onnx_path = tmp_path / "m.onnx"
+    assert export_main(["--weights", str(ckpt[0]), "--out", str(onnx_path), "--dynamic", "32", "32", "512", "512",
+                        "--no-check"] + HEADS) == 0
+    pq = {}
+    for name, model in (("torch", ckpt[0]), ("onnx", onnx_path)):
+        assert eval_main(["--model", str(model), "--dataset", str(gt_json.parent), "--out", str(tmp_path / name),
+                          "--no-progress"]) == 0
+        pq[name] = json.loads((tmp_path / name / "metrics.json").read_text())["panoptic"]["All"]["PQ"]
+    assert abs(pq["torch"] - pq["onnx"]) <= 0.05, pq
