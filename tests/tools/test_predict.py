@@ -244,3 +244,68 @@ def test_folder_without_images_exits_2(setup, tmp_path):
     code, _, stderr = run([empty, "--config", SMALL_CONFIG, "--weights", setup["weights"], "--out", tmp_path / "o"])
     assert code == 2
     assert "no images" in stderr
+
+
+# ------------------------------------------------------------------ the shared CLI vocabulary (pfcn/arguments.py)
+def test_no_weights_is_refused_unless_asked(setup, tmp_path):
+    image = setup["images"] / "photo_a.jpg"
+    code, _, stderr = run([image, "--config", SMALL_CONFIG, "--out", tmp_path / "o"])
+    assert code == 2 and "no model given" in stderr and "--random-weights" in stderr
+    assert not (tmp_path / "o").exists()
+    code, _, stderr = run([image, "--config", SMALL_CONFIG, "--random-weights", "--out", tmp_path / "r"])
+    assert code == 0 and "random weights" in stderr
+    assert json.loads((tmp_path / "r" / "model.json").read_text())["random_weights"] is True
+
+
+def test_model_weights_override_is_honoured(setup, tmp_path):
+    """The detectron2 habit: MODEL.WEIGHTS path.pth after the flags is the model, exactly as --weights."""
+    image = setup["images"] / "photo_a.jpg"
+    code, _, _ = run([image, "--config", SMALL_CONFIG, "--out", tmp_path / "a", "MODEL.WEIGHTS", setup["weights"]])
+    assert code == 0
+    code, _, _ = run([image, "--model", setup["weights"], "--out", tmp_path / "b"])  # config stored in the checkpoint
+    assert code == 0
+    a, b = (json.loads((tmp_path / d / "json" / "photo_a.json").read_text()) for d in "ab")
+    assert a["segments_info"] == b["segments_info"]
+    assert json.loads((tmp_path / "a" / "model.json").read_text())["model"] == str(setup["weights"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--device", "gpu"], "--device 'gpu': use cpu, cuda or cuda:N"),
+    (["MODEL.POSITION_HEAD.THING.THRES"], "MODEL.POSITION_HEAD.THING.THRES has no value (got: "
+                                          "MODEL.POSITION_HEAD.THING.THRES)"),
+])
+def test_flag_errors_are_one_line(setup, tmp_path, flags, message):
+    try:
+        code, _, stderr = run([setup["images"] / "photo_a.jpg", "--weights", setup["weights"], "--out",
+                               tmp_path / "o", *flags])
+    except SystemExit as e:  # argparse's own usage errors
+        code, stderr = e.code, ""
+    assert code == 2
+    if stderr:
+        assert message in stderr and "Traceback" not in stderr
+
+
+def test_override_without_value_names_only_the_users_tokens(setup, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([str(setup["images"] / "photo_a.jpg"), "--weights", str(setup["weights"]), "--device", "cpu",
+              "MODEL.POSITION_HEAD.THING.THRES"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "MODEL.POSITION_HEAD.THING.THRES has no value" in err and "MODEL.DEVICE" not in err
+
+
+def test_filesystem_errors_are_one_line(setup, tmp_path):
+    image = setup["images"] / "photo_a.jpg"
+    occupied = tmp_path / "a_file"
+    occupied.write_text("x")
+    code, _, stderr = run([image, "--weights", setup["weights"], "--out", occupied])
+    assert code == 2 and str(occupied) in stderr and "not a folder" in stderr and "Traceback" not in stderr
+    code, _, stderr = run([image, "--weights", setup["weights"], "--out", "/dev/null/out"])
+    assert code == 2 and "/dev/null" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "(default: predictions)" in out and "(default: cpu)" in out and "--random-weights" in out
