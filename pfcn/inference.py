@@ -11,24 +11,25 @@ Stages (per image, batched):
   2. ``fuse_thing_kernels`` score sort, 1x1 embedding, class-specific cosine kernel fusion
   3. ``stuff_kernels``      per-level argmax regions, mean scores, masked kernel sums, level fusion -> S slots
   4. ``thing_masks``        mask products, rescoring, 0.05 filter, top-100
-  5. ``to_original``        4x upsample + crop + resize to the original size (one matrix per axis)
+  5. ``to_original_size``   4x upsample, crop, resize to the original size: the official two interpolations
   6. ``panoptic_merge``     the greedy merge as a fixed 100-step scan
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .contract import POSTPROCESS_OUTPUTS
-from .resize import apply_separable, interp_matrix, upsample_matrix
+from .resize import AxisPass, apply_pass, axis_pass, column_pass, linear_taps
 
 POOL_SIZES = (3, 3, 3, 5, 5)  # official smoothing window of the centre heatmaps, per level P3..P7
 NEG = -1.0  # sorts below every probability; used for empty slots
+RESIZE_CHUNK = 20  # mask channels resized to the original size at a time: bounds the full-size temporaries
 
 
 class HeadOutputs(NamedTuple):
@@ -209,21 +210,48 @@ def thing_masks(scores, classes, kernels, valid, encoded, p: InferenceParams):
     return scores, classes, valid, _gather_rows(probs, order)
 
 
-def original_size_matrices(resized: torch.Tensor, original: torch.Tensor, feat_hw: tuple[int, int],
-                           canvas_hw: tuple[int, int], stride: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-axis matrices of the official output resize: ``stride``x bilinear upsample of the stride-4 map, crop to
-    the resized image, bilinear resize to the original size (placed top-left in a ``canvas_hw`` canvas).
+def original_size_passes(resized: torch.Tensor, original: torch.Tensor, feat_hw, canvas_hw,
+                         stride: int) -> list[AxisPass]:
+    """The official resize of stride-4 maps back to the original image, as four 1-D bilinear passes.
 
+    The official post-processing runs ``F.interpolate(scale_factor=stride)``, crops to the resized image, then
+    ``F.interpolate(size=original)``. PyTorch's bilinear kernel sums along the width inside the sum along the height,
+    so each interpolation is a column pass followed by a row pass with the kernel's own taps
+    (``pfcn.resize.linear_taps``); the crop is implicit, the second pass reading only the first ``resized`` samples.
+    The upsampling taps are the same for the batch; the others are per image (sizes are tensors: no host sync).
+
+    Args:
+        resized, original: [B, 2] int64 (h, w) of the resized and the original images.
+        feat_hw: the stride-4 canvas (h, w); canvas_hw: the output canvas (H, W); ints or 0-d tensors.
     Returns:
-        [B, canvas_h, feat_h] and [B, canvas_w, feat_w].
+        the passes in order, for ``to_original_size``.
     """
-    mats = []
-    for axis in (0, 1):
-        n_feat, n_canvas = feat_hw[axis], canvas_hw[axis]
-        up = upsample_matrix(n_feat, stride, resized.shape[0], resized.device)  # [B, stride*n_feat, n_feat]
-        down = interp_matrix(resized[:, axis], original[:, axis], stride * n_feat, n_canvas)
-        mats.append(torch.matmul(down, up))
-    return mats[0], mats[1]
+    device = resized.device
+    up_rows, up_cols = feat_hw[0] * stride, feat_hw[1] * stride
+    up = []
+    for n, n_up in zip(feat_hw, (up_rows, up_cols)):
+        length = torch.as_tensor(n, device=device).reshape(1).to(torch.int64)
+        up.append(linear_taps(length, length * stride, n_up, scale=1.0 / stride))
+    down_rows = linear_taps(resized[:, 0], original[:, 0], canvas_hw[0])
+    down_cols = linear_taps(resized[:, 1], original[:, 1], canvas_hw[1])
+    return [axis_pass(up[1], 2, per_image=False), axis_pass(up[0], 1, per_image=False),
+            column_pass(down_cols, up_rows, up_cols), axis_pass(down_rows, 1, per_image=True, rows=up_rows)]
+
+
+def to_original_size(maps: torch.Tensor, passes: list[AxisPass],
+                     chunk: int = RESIZE_CHUNK) -> Iterator[tuple[int, torch.Tensor]]:
+    """Resize [B, N, h, w] stride-4 maps to the original size, ``chunk`` channels at a time.
+
+    Yields (first channel, [B, H, W, c] channels-last float32 maps): callers reduce each chunk (threshold, argmax)
+    before the next is computed, so the full-size temporaries hold ``chunk`` channels, not N.
+    """
+    x = maps.permute(0, 2, 3, 1)
+    n = int(maps.shape[1])  # TOP_NUM or the stuff class count: a constant of the graph
+    for start in range(0, n, chunk):
+        part = x[..., start:start + chunk]
+        for p in passes:
+            part = apply_pass(part, p)
+        yield start, part
 
 
 def panoptic_merge(masks: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, semantic: torch.Tensor,
@@ -328,11 +356,18 @@ def postprocess(heads: HeadOutputs, thing_embed, stuff_embed, resized: torch.Ten
     st_probs = torch.sigmoid(mask_logits(st_kernels, heads.encoded)) * st_valid.to(st_kernels.dtype)[..., None, None]
 
     feat_hw = (heads.encoded.shape[2], heads.encoded.shape[3])
-    mat_h, mat_w = original_size_matrices(resized, original, feat_hw, canvas_hw, p.common_stride)
-    thing_full = apply_separable(thing_probs, mat_h, mat_w)  # [B, K, H, W]
-    stuff_full = apply_separable(st_probs, mat_h, mat_w)  # [B, S, H, W]
-    masks = (thing_full > p.inst_thres) & valid[..., None, None]
-    semantic = torch.argmax(stuff_full, dim=1)  # [B, H, W]; 0 where no stuff class survived
+    passes = original_size_passes(resized, original, feat_hw, canvas_hw, p.common_stride)
+    masks = torch.cat([part > p.inst_thres for _, part in to_original_size(thing_probs, passes)], dim=3)
+    masks = masks.permute(0, 3, 1, 2).contiguous() & valid[..., None, None]  # [B, K, H, W]
+    semantic = None  # argmax over the stuff channels, the first maximum on ties (as torch.argmax)
+    for start, part in to_original_size(st_probs, passes):
+        value, index = torch.max(part, dim=3)
+        if semantic is None:
+            best, semantic = value, index
+        else:
+            better = value > best
+            best, semantic = torch.where(better, value, best), torch.where(better, index + start, semantic)
+    # semantic: [B, H, W]; 0 where no stuff class survived
 
     b, num_stuff = st_scores.shape
     rows = torch.arange(canvas_hw[0], device=original.device).reshape(1, -1, 1)

@@ -18,7 +18,11 @@ class FrozenBatchNorm2d(nn.Module):
     """BatchNorm with fixed statistics and affine parameters, all stored as buffers (detectron2's FrozenBN).
 
     The official ResNet is trained with frozen BN, so these four tensors are buffers, not parameters, and there is no
-    ``num_batches_tracked``.
+    ``num_batches_tracked``. The forward takes detectron2's two branches, so that every network tensor is bit-identical
+    to the official model's: ``F.batch_norm`` in inference mode when no gradient flows through ``x`` (inference, and a
+    frozen stem in training), the precomputed per-channel scale and shift when one does (it saves the memory
+    ``batch_norm``'s backward would spend on gradients of the frozen statistics). Both are a per-channel affine map
+    that runtimes fold into the preceding convolution (ONNX ``BatchNormalization`` / ``Mul`` + ``Add``).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5):
@@ -31,9 +35,12 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("running_var", torch.ones(num_features) - eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
-        return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + shift.reshape(1, -1, 1, 1).to(x.dtype)
+        if x.requires_grad:
+            scale = self.weight * (self.running_var + self.eps).rsqrt()
+            shift = self.bias - self.running_mean * scale
+            return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + shift.reshape(1, -1, 1, 1).to(x.dtype)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, training=False,
+                            eps=self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"

@@ -13,6 +13,8 @@ matrices (``pil_bilinear_matrix``) applied by exact float32 matmuls.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 # PIL keeps 8-bit resampling weights in fixed point with 22 fraction bits (32-bit sums: 8 value bits, 2 spare bits).
@@ -59,51 +61,114 @@ def shortest_edge_size_py(h: int, w: int, short: int, max_size: int) -> tuple[in
     return int(out[0, 0]), int(out[0, 1])
 
 
-def interp_matrix(in_len: torch.Tensor, out_len: torch.Tensor, in_size: int, out_size: int) -> torch.Tensor:
-    """Per-image 1-D bilinear interpolation matrices (align_corners=False).
+class LinearTaps(NamedTuple):
+    """The two source samples and weights of every output sample of a 1-D bilinear resize, per image: [B, out]."""
 
-    Row ``i < out_len[b]`` holds the weights with which output sample i reads the first ``in_len[b]`` input samples;
-    rows at or beyond ``out_len[b]`` are zero (padding). The source position follows PyTorch's upsample kernels in
-    float32: ``max(0, (i + 0.5) * in/out - 0.5)``, the lower index clamped to ``in - 1``.
-
-    Args:
-        in_len, out_len: [B] int64 valid lengths.
-        in_size, out_size: static canvas lengths.
-    Returns:
-        [B, out_size, in_size] float32.
-    """
-    in_len = in_len.to(torch.float32).reshape(-1, 1)
-    out_len_f = out_len.to(torch.float32).reshape(-1, 1)
-    dst = torch.arange(out_size, dtype=torch.float32, device=in_len.device).reshape(1, -1)
-    scale = in_len / out_len_f.clamp(min=1.0)
-    src = torch.clamp(scale * (dst + 0.5) - 0.5, min=0.0)  # [B, out]
-    lo = torch.minimum(torch.floor(src), in_len - 1)
-    hi = torch.minimum(lo + 1, in_len - 1)
-    frac = torch.clamp(src - lo, 0.0, 1.0)
-    cols = torch.arange(in_size, dtype=torch.float32, device=in_len.device).reshape(1, 1, -1)
-    lo, hi, frac = lo.unsqueeze(-1), hi.unsqueeze(-1), frac.unsqueeze(-1)
-    mat = (cols == lo).to(torch.float32) * (1.0 - frac) + (cols == hi).to(torch.float32) * frac
-    valid_rows = (dst < out_len_f).to(torch.float32).unsqueeze(-1)  # [B, out, 1]
-    return mat * valid_rows
+    lo: torch.Tensor  # int64
+    hi: torch.Tensor  # int64
+    w_lo: torch.Tensor  # float32
+    w_hi: torch.Tensor  # float32
 
 
-def upsample_matrix(in_size: int, factor: int, batch: int, device: torch.device) -> torch.Tensor:
-    """The matrix of ``F.interpolate(scale_factor=factor, mode="bilinear")`` along one axis: [B, in*factor, in]."""
-    n = torch.full((batch,), in_size, dtype=torch.int64, device=device)
-    return interp_matrix(n, n * factor, in_size, in_size * factor)
+# The source coordinate is computed as M * (2i + 1) - 2^_SRC_BITS in int64, with M = scale * 2^_SRC_BITS an integer
+# for every float32 scale >= 2^(23 - _SRC_BITS) (upsampling by at most 1024x) and no overflow below 2^63.
+_SRC_BITS = 33
 
 
-def apply_separable(x: torch.Tensor, mat_h: torch.Tensor, mat_w: torch.Tensor) -> torch.Tensor:
-    """``M_h @ x @ M_w^T`` per image and channel.
+def linear_taps(in_len: torch.Tensor, out_len: torch.Tensor, out_size: int | torch.Tensor,
+                scale: float | None = None) -> LinearTaps:
+    """Taps of ``F.interpolate(mode="bilinear", align_corners=False)`` along one axis, as PyTorch's CPU kernel makes them.
+
+    The kernel takes ``scale = in / out`` in float32 (``1 / scale_factor`` when one is given), the source coordinate
+    ``src = max(0, scale * (i + 0.5) - 0.5)`` -- one fused multiply-add in PyTorch's x86-64 AVX2/AVX-512 builds, so
+    rounded once --, ``lo = min(floor(src), in - 1)``, ``hi = lo + 1`` clamped, ``w_hi = clamp(src - lo, 0, 1)`` and
+    ``w_lo = 1 - w_hi``. Here ``src`` is rounded once too: ``scale * 2^33`` is an integer, the exact value
+    ``src * 2^34`` is computed in int64 and converted to float32 (round to nearest even), then scaled back exactly.
 
     Args:
-        x: [B, C, H_in, W_in]
-        mat_h: [B, H_out, H_in]; mat_w: [B, W_out, W_in]
+        in_len, out_len: [B] int64 valid lengths (the kernel's input and output sizes).
+        out_size: the output canvas length (an int, or a 0-d tensor in traced graphs with dynamic sizes).
+        scale: the ``1 / scale_factor`` of a resize given by a factor; default ``in_len / out_len`` in float32.
     Returns:
-        [B, C, H_out, W_out]
+        [B, out_size] taps; samples at or beyond ``out_len[b]`` read sample 0 with weight 0 (they come out zero).
     """
-    y = torch.matmul(x, mat_w.transpose(1, 2).unsqueeze(1))  # [B, C, H_in, W_out]
-    return torch.matmul(mat_h.unsqueeze(1), y)  # [B, C, H_out, W_out]
+    in_len = in_len.to(torch.int64).reshape(-1, 1)
+    out_len = out_len.to(torch.int64).reshape(-1, 1)
+    if scale is None:
+        ratio = in_len.to(torch.float32) / out_len.to(torch.float32).clamp(min=1.0)
+    else:
+        ratio = torch.full_like(in_len, 0, dtype=torch.float32) + scale
+    i = torch.arange(out_size, dtype=torch.int64, device=in_len.device).reshape(1, -1)
+    m = (ratio * float(1 << _SRC_BITS)).to(torch.int64)
+    src = (m * (2 * i + 1) - (1 << _SRC_BITS)).to(torch.float32) * (1.0 / (1 << (_SRC_BITS + 1)))
+    src = torch.clamp(src, min=0.0)
+    lo = torch.minimum(torch.floor(src), (in_len - 1).to(torch.float32))
+    w_hi = torch.clamp(src - lo, 0.0, 1.0)
+    w_lo = 1.0 - w_hi
+    lo = lo.to(torch.int64)
+    hi = torch.where(lo < in_len - 1, lo + 1, lo)
+    valid = i < out_len
+    zero = torch.zeros_like(w_lo)
+    return LinearTaps(torch.where(valid, lo, torch.zeros_like(lo)), torch.where(valid, hi, torch.zeros_like(hi)),
+                      torch.where(valid, w_lo, zero), torch.where(valid, w_hi, zero))
+
+
+class AxisPass(NamedTuple):
+    """One 1-D bilinear pass over channels-last [B, H, W, C] tensors, its gather indices prepared (``axis_pass``)."""
+
+    axis: int  # 1 (rows) or 2 (columns)
+    lo: torch.Tensor  # 1-D gather indices
+    hi: torch.Tensor
+    w_lo: torch.Tensor  # weights, broadcastable to the output
+    w_hi: torch.Tensor
+    per_image: bool
+
+
+def axis_pass(taps: LinearTaps, axis: int, per_image: bool, rows: int | torch.Tensor | None = None) -> AxisPass:
+    """Prepare the gathers of one pass, once for all the channel chunks it is applied to.
+
+    Taps shared by the batch (``per_image=False``: taps of batch 1) gather along ``axis`` with one 1-D index.
+    Per-image taps gather from the flattened tensor: along the rows, whole [W * C] rows, image b's row ``lo`` being
+    ``b * H + lo``; along the columns, [C] pixels, row r's pixel ``lo`` of image b being ``(b * H + r) * W + lo``, an
+    index of B x H x W_out (``rows`` = H, the input's row count) where a per-element one would be C times bigger.
+    """
+    b = taps.lo.shape[0]
+    if not per_image:
+        shape = (1, -1, 1, 1) if axis == 1 else (1, 1, -1, 1)
+        return AxisPass(axis, taps.lo[0], taps.hi[0], taps.w_lo[0].reshape(shape), taps.w_hi[0].reshape(shape), False)
+    if axis == 1:
+        if rows is None:
+            raise ValueError("axis_pass: a per-image row pass needs rows, the input's row count")
+        base = torch.arange(b, device=taps.lo.device).reshape(-1, 1) * rows
+        return AxisPass(axis, (taps.lo + base).reshape(-1), (taps.hi + base).reshape(-1),
+                        taps.w_lo.reshape(b, -1, 1, 1), taps.w_hi.reshape(b, -1, 1, 1), True)
+    raise ValueError("axis_pass: per-image column passes are prepared by column_pass (they need the input width)")
+
+
+def column_pass(taps: LinearTaps, rows: int | torch.Tensor, width: int | torch.Tensor) -> AxisPass:
+    """A per-image pass along the columns of [B, rows, width, C] tensors (see ``axis_pass``)."""
+    b = taps.lo.shape[0]
+    base = (torch.arange(b, device=taps.lo.device).reshape(-1, 1, 1) * rows
+            + torch.arange(rows, device=taps.lo.device).reshape(1, -1, 1)) * width  # [B, rows, 1]
+    return AxisPass(2, (base + taps.lo.unsqueeze(1)).reshape(-1), (base + taps.hi.unsqueeze(1)).reshape(-1),
+                    taps.w_lo.reshape(b, 1, -1, 1), taps.w_hi.reshape(b, 1, -1, 1), True)
+
+
+def apply_pass(x: torch.Tensor, p: AxisPass) -> torch.Tensor:
+    """``x[lo] * w_lo + x[hi] * w_hi`` along the pass's axis of a channels-last [B, H, W, C] tensor.
+
+    Two products and one sum, each rounded to float32: the order of PyTorch's bilinear kernel, without the fused
+    multiply-add that its x86-64 builds contract ``lo * w_lo + hi * w_hi`` into (ONNX has no such operator).
+    """
+    if not p.per_image:
+        return x.index_select(p.axis, p.lo) * p.w_lo + x.index_select(p.axis, p.hi) * p.w_hi
+    b, h, w, c = x.shape
+    if p.axis == 1:
+        flat, out_shape = x.reshape(b * h, w * c), (b, -1, w, c)
+    else:
+        flat, out_shape = x.reshape(b * h * w, c), (b, h, -1, c)
+    return (flat.index_select(0, p.lo).reshape(out_shape) * p.w_lo
+            + flat.index_select(0, p.hi).reshape(out_shape) * p.w_hi)
 
 
 def pil_bilinear_matrix(in_len: torch.Tensor, out_len: torch.Tensor, in_size: int | torch.Tensor,

@@ -1,13 +1,11 @@
 """Tests for pfcn/config.py: official defaults, official YAML files, our configs/, and loader errors.
 
-The official sources are read from local git mirrors (yanwei-li/PanopticFCN, facebookresearch/detectron2);
-tests that need them skip with the reason when the mirror is absent.
+The official sources are read from the clones named by PFCN_OFFICIAL_REPO (yanwei-li/PanopticFCN) and
+PFCN_DETECTRON2_REPO (facebookresearch/detectron2); tests that need them skip, saying so, when a variable is unset.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,10 +15,10 @@ from yacs.config import CfgNode
 
 from pfcn.config import ConfigError, cfg_to_yaml, config_hash, get_cfg, load_config, merge_overrides
 
+from .training.official_code import DETECTRON2_ENV, OFFICIAL_ENV, SourcesNotConfigured, read_source
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "configs"
-OFFICIAL_REPO = Path(os.environ.get("PFCN_OFFICIAL_REPO", "/work/.mirror/yanwei-li+PanopticFCN/repo"))
-DETECTRON2_REPO = Path(os.environ.get("PFCN_DETECTRON2_REPO", "/work/.mirror/facebookresearch+detectron2/repo"))
 
 CONFIG_NAMES = [
     f"PanopticFCN-{variant}{fast}"
@@ -61,19 +59,17 @@ EXPECTED_DIFF_FROM_R50_1X: dict[str, dict[str, Any]] = {
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------------------------
-def _git_show(repo: Path, path: str) -> str:
-    if not (repo / "HEAD").exists() and not (repo / ".git").exists():
-        pytest.skip(f"official source mirror not available at {repo}")
-    done = subprocess.run(["git", "-C", str(repo), "show", f"HEAD:{path}"], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot read {path} from mirror {repo}: {done.stderr.strip()}")
-    return done.stdout
+def _source(env_var: str, path: str) -> str:
+    try:
+        return read_source(env_var, path)
+    except SourcesNotConfigured as err:
+        pytest.skip(str(err))
 
 
 def _official_yaml(name: str, tmp_path: Path) -> Path:
     """Write the official config file, byte for byte, into tmp_path (the loader takes paths)."""
     path = tmp_path / f"{name}.yaml"
-    path.write_text(_git_show(OFFICIAL_REPO, f"configs/{name}.yaml"))
+    path.write_text(_source(OFFICIAL_ENV, f"configs/{name}.yaml"))
     return path
 
 
@@ -83,8 +79,8 @@ def _official_defaults() -> CfgNode:
     Built by running the two official source files against yacs' CfgNode (both only need ``CN``), so our
     hand-written defaults are checked against the sources rather than against themselves.
     """
-    d2_src = _git_show(DETECTRON2_REPO, "detectron2/config/defaults.py")
-    pfcn_src = _git_show(OFFICIAL_REPO, "panopticfcn/config.py")
+    pfcn_src = _source(OFFICIAL_ENV, "panopticfcn/config.py")
+    d2_src = _source(DETECTRON2_ENV, "detectron2/config/defaults.py")
     d2_ns: dict[str, Any] = {"CN": CfgNode}
     exec(compile(d2_src.replace("from .config import CfgNode as CN", ""), "defaults.py", "exec"), d2_ns)
     pfcn_ns: dict[str, Any] = {"CN": CfgNode}

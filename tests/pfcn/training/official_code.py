@@ -1,9 +1,14 @@
-"""Test-only loader that runs the official training code (GenerateGT, loss.py, PanopticFCN.losses) from the local
-git mirror of yanwei-li/PanopticFCN, as the yardstick for pfcn.training.
+"""Test-only access to the official sources, and a loader that runs the official training code (GenerateGT, loss.py,
+PanopticFCN.losses) as the yardstick for pfcn.training.
+
+Where the sources live is machine-specific, so it comes only from environment variables: ``PFCN_OFFICIAL_REPO`` (a
+clone of yanwei-li/PanopticFCN) and ``PFCN_DETECTRON2_REPO`` (a clone of facebookresearch/detectron2). A work tree
+or a bare clone both work (bare ones are read with ``git show HEAD:<path>``). Tests skip when a variable is unset and
+fail when it is set to something that is not such a clone.
 
 The official modules import detectron2, which is not installed; the few names they import are replaced by minimal
 stand-ins (Boxes / BitMasks / Instances data holders, a 1x1 Conv2d, a no-op registry). Nothing is copied into the
-repository: the sources are read with ``git show`` at test time, and the tests skip when the mirror is absent.
+repository: the sources are read at test time.
 """
 
 from __future__ import annotations
@@ -18,8 +23,37 @@ from typing import Any
 import torch
 from torch import nn
 
-OFFICIAL_REPO = Path(os.environ.get("PFCN_OFFICIAL_REPO", "/work/.mirror/yanwei-li+PanopticFCN/repo"))
+OFFICIAL_ENV = "PFCN_OFFICIAL_REPO"
+DETECTRON2_ENV = "PFCN_DETECTRON2_REPO"
+OFFICIAL_SKIP = "clone the official repository and set PFCN_OFFICIAL_REPO to run the official-code comparisons"
+DETECTRON2_SKIP = ("clone facebookresearch/detectron2 and set PFCN_DETECTRON2_REPO to run the official-code "
+                   "comparisons that read detectron2's sources")
+_SKIP = {OFFICIAL_ENV: OFFICIAL_SKIP, DETECTRON2_ENV: DETECTRON2_SKIP}
 _PKG = "_pfcn_official_training"
+
+
+class SourcesNotConfigured(LookupError):
+    """The environment variable naming a source clone is unset; tests turn this into a skip with its message."""
+
+
+def read_source(env_var: str, path: str) -> str:
+    """The text of ``path`` in the clone named by ``env_var`` (a work tree, or a bare clone read at HEAD).
+
+    Raises SourcesNotConfigured when the variable is unset, FileNotFoundError naming the variable, its value and the
+    file when it does not point at a clone holding that file.
+    """
+    root = os.environ.get(env_var, "").strip()
+    if not root:
+        raise SourcesNotConfigured(_SKIP.get(env_var, f"set {env_var} to run the official-code comparisons"))
+    repo = Path(root).expanduser()
+    if (repo / path).is_file():
+        return (repo / path).read_text()
+    if repo.is_dir():
+        done = subprocess.run(["git", "-C", str(repo), "show", f"HEAD:{path}"], capture_output=True, text=True)
+        if done.returncode == 0:
+            return done.stdout
+    raise FileNotFoundError(f"{env_var}={root}: {path} is not there (neither a file in a work tree nor at HEAD of a "
+                            f"git repository); point {env_var} at a clone of the repository it names")
 
 
 class Boxes:
@@ -60,13 +94,6 @@ class _Registry:
         return lambda obj: obj
 
 
-def _git_show(path: str) -> str:
-    done = subprocess.run(["git", "-C", str(OFFICIAL_REPO), "show", f"HEAD:{path}"], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise FileNotFoundError(f"cannot read {path} from {OFFICIAL_REPO}: {done.stderr.strip()}")
-    return done.stdout
-
-
 def _module(name: str, **attrs: Any) -> types.ModuleType:
     mod = types.ModuleType(name)
     mod.__dict__.update(attrs)
@@ -74,11 +101,9 @@ def _module(name: str, **attrs: Any) -> types.ModuleType:
 
 
 def load_official() -> types.SimpleNamespace:
-    """Execute the official gt_generate / loss / panoptic_seg modules; raises FileNotFoundError without the mirror."""
-    if not (OFFICIAL_REPO / "HEAD").exists() and not (OFFICIAL_REPO / ".git").exists():
-        raise FileNotFoundError(f"official mirror not found at {OFFICIAL_REPO}")
-    sources = {name: _git_show(f"panopticfcn/{name}.py") for name in ("utils", "gt_generate", "loss", "head",
-                                                                        "panoptic_seg")}
+    """Execute the official gt_generate / loss / panoptic_seg modules (see ``read_source`` for what it raises)."""
+    sources = {name: read_source(OFFICIAL_ENV, f"panopticfcn/{name}.py")
+               for name in ("utils", "gt_generate", "loss", "head", "panoptic_seg")}
     stand_ins = {
         "detectron2": _module("detectron2", __path__=[]),
         "detectron2.layers": _module("detectron2.layers", Conv2d=_Conv2d, get_norm=lambda norm, ch: None),

@@ -1,4 +1,4 @@
-"""pfcn.training against the official GenerateGT and PanopticFCN.losses, executed from the local source mirror.
+"""pfcn.training against the official GenerateGT and PanopticFCN.losses, executed from a clone named by PFCN_OFFICIAL_REPO.
 
 Targets must be identical (after expanding pfcn's compact layout to the official per-level tensors); losses and
 gradients must agree to float32 rounding.
@@ -12,7 +12,7 @@ import torch
 from pfcn.training import generate_targets, panoptic_losses
 from pfcn.training.targets import Targets
 
-from .official_code import load_official, official_losses, official_targets
+from .official_code import SourcesNotConfigured, load_official, official_losses, official_targets
 from .synthetic import random_heads, random_sample, small_cfg
 
 
@@ -20,7 +20,7 @@ from .synthetic import random_heads, random_sample, small_cfg
 def official():
     try:
         return load_official()
-    except FileNotFoundError as err:
+    except SourcesNotConfigured as err:
         pytest.skip(str(err))
 
 
