@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t = step("3/7 pfcn-train: the small configuration on CPU")
     run(train_main, ["--config", small, "--out", out / "train", "--train-dataset", out / "synth_train",
-                     "--test-dataset", out / "synth_val"])
+                     "--test-dataset", out / "synth_val", "--overwrite"])
     trained = out / "train" / "model_final.pth"
     val_images = list_images([out / "synth_val" / "images"])
     timings["train"] = time.perf_counter() - t
