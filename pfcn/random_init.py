@@ -47,6 +47,7 @@ def calibrate_random_model(model: PanopticFCN, images: list[np.ndarray], seed: i
     batch = _network_batch(model, images)
     norms = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
     bar = tqdm(total=len(norms) + 3, desc="calibrating random weights", unit="step", disable=not progress)
+    calls: dict[int, int] = {}
 
     def calibrate_bn(module: FrozenBatchNorm2d, inputs):
         x = inputs[0]
@@ -55,16 +56,20 @@ def calibrate_random_model(model: PanopticFCN, images: list[np.ndarray], seed: i
         module.running_var.copy_(var.float().clamp(min=1e-4))
         module.weight.fill_(1.0)
         module.bias.zero_()
+        calls[id(module)] = calls.get(id(module), 0) + 1
         bar.update(1 if bar.n < len(norms) else 0)
 
     hooks = [m.register_forward_pre_hook(calibrate_bn) for m in norms]
     try:
-        model.forward_features(batch)  # sets every FrozenBN on the way; the outputs are recomputed below
+        heads = model.forward_features(batch)  # sets every FrozenBN on the way, each before it runs
     finally:
         for h in hooks:
             h.remove()
     bar.n = len(norms)
-    heads = model.forward_features(batch)
+    if any(n > 1 for n in calls.values()):
+        # A FrozenBN used twice in one forward ran once with statistics it later replaced: recompute the outputs.
+        del heads
+        heads = model.forward_features(batch)
     bar.update(1)
 
     # The encoded feature ends in a ReLU, so it has a large common component: a random kernel would switch a whole
