@@ -58,6 +58,6 @@ class NetworkGraph(nn.Module):
 
     def forward(self, images: torch.Tensor, resized_sizes: torch.Tensor):
         m = self.model
-        x = m.normalize(images.to(torch.float32), resized_sizes)
+        x = m.normalize_resized(images.to(torch.float32), resized_sizes)
         heads = m.forward_features(x)
         return generate_kernels(heads, m.thing_generator, m.stuff_generator, self.params) + (heads.encoded,)

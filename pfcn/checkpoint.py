@@ -24,23 +24,65 @@ class CheckpointError(ValueError):
     """A checkpoint is unreadable, unsafe, or does not match the model; the message names the file."""
 
 
-# How torch's weights-only unpickler names the class or function a file would have to import.
-_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, read-only folder...); the message names the file.
+
+    No partial or temporary file is left behind and an earlier file at the same path is untouched.
+    """
+
+    def __init__(self, path: Path, cause: BaseException):
+        reason = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
+        super().__init__(getattr(cause, "errno", None), f"{path}: cannot write the checkpoint: {reason}")
+        self.filename = str(path)
+        self.message = f"{path}: cannot write the checkpoint: {reason}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# How torch's weights-only unpickler (torch 2.11-2.14, torch/_weights_only_unpickler.py) says that a file would import
+# or call something that is not a tensor or a plain container, i.e. that unpickling it could run code. The first
+# group names what the file refers to.
+_RUNS_CODE = (
+    re.compile(r"unsupported GLOBAL (\S+) whose module \S+ is blocked"),  # os, sys, subprocess, ...
+    re.compile(r"Unsupported global: GLOBAL (\S+) was not an allowed global"),
+    re.compile(r"Trying to call reduce for unrecognized function ([^\n]+?)(?: which belongs to|\n|$)"),
+    re.compile(r"Can only create new object for nn.Parameter or classes allowlisted via `add_safe_globals` but got "
+               r"([^\n]+)"),
+    re.compile(r"Can only build Tensor, Parameter, OrderedDict or types allowlisted via `add_safe_globals`, but got "
+               r"([^\n]+)"),
+)
 
 
 def _unpickler_reason(message: str) -> str:
-    """The informative part of torch's long weights-only error (what follows "WeightsUnpickler error:")."""
+    """The specific reason in torch's long weights-only error, without torch's advice around it (which includes
+    switching the protection off, something pfcn never suggests)."""
     found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", message)
     if found:
-        return found.group(1).strip()
-    return message.strip().splitlines()[0] if message.strip() else "unknown error"
+        reason = found.group(1).strip()
+    else:
+        paragraphs = [p.strip() for p in re.split(r"\n\s*\n", message) if p.strip()]
+        kept = [p for p in paragraphs if not re.search(r"weights.only|Weights only load failed|documentation of "
+                                                       r"torch.load", p, re.IGNORECASE)]
+        reason = kept[0].splitlines()[0] if kept else "unsupported content"
+    return "unsupported content" if re.search(r"weights.only", reason, re.IGNORECASE) else reason
+
+
+def _refers_to_code(message: str) -> str | None:
+    """What a refused file would have imported or called, if torch refused it for that reason."""
+    for pattern in _RUNS_CODE:
+        found = pattern.search(message)
+        if found:
+            return found.group(1).strip().rstrip(".")
+    return None
 
 
 def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint file into a dict with at least a ``"model"`` state_dict.
 
     ``.pth``/``.pt``/``.ckpt`` files are loaded with ``weights_only=True``; a file that needs arbitrary unpickling
-    (a pickled model object, custom classes) is refused with the reason.
+    (a pickled model object, custom classes, a function call such as ``os.system``) is refused with what it refers
+    to, and nothing in it is run.
     """
     path = Path(path)
     if not path.is_file():
@@ -48,17 +90,19 @@ def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        unsafe = _UNSAFE_GLOBAL.search(str(e))
-        if unsafe is None:
+        target = _refers_to_code(str(e))
+        if target is None:
             # The weights-only unpickler also raises this for bytes that are no pickle at all.
             raise CheckpointError(f"{path}: not a PyTorch checkpoint (torch.load cannot parse it: "
-                                  f"{_unpickler_reason(str(e))})") from e
+                                  f"{_unpickler_reason(str(e))})") from None
         raise CheckpointError(
-            f"{path}: refused to load: the file needs arbitrary unpickling, which can run code (it refers to "
-            f"{unsafe.group(1)}). pfcn only loads tensors and plain containers (torch.load(weights_only=True)). "
-            f"Re-save it as a plain state_dict: torch.save(model.state_dict(), ...).") from e
+            f"{path}: refused: loading this file would run code. Its pickle refers to {target}, and unpickling it "
+            f"would import and call that (arbitrary unpickling); pfcn reads only tensors and plain containers, so "
+            f"nothing in the file was run. Do not load it from an untrusted source; if you made it yourself, save the "
+            f"weights as a plain state_dict: torch.save(model.state_dict(), PATH).") from None
     except Exception as e:  # torch.load raises KeyError, RuntimeError, EOFError... on files that are no checkpoint
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: "
+                              f"{_unpickler_reason(str(e)) if str(e) else ''})") from None
     if not isinstance(data, Mapping):
         raise CheckpointError(f"{path}: expected a state_dict or {{'model': state_dict}}, got {type(data).__name__}")
     if "model" in data and isinstance(data["model"], Mapping):
@@ -108,17 +152,31 @@ def checkpoint_meta(ckpt: Mapping[str, Any]) -> CategoryMeta | None:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename: never a half-written file."""
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename: never a half-written file.
+
+    Raises:
+        CheckpointWriteError (an OSError) naming ``path`` when the folder cannot be written (full, read-only, not
+        a folder...); the temporary file is removed and an existing file at ``path`` is left as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    torch.save(obj, buf)
+    torch.save(obj, buf)  # serialisation errors (unpicklable objects) are programming errors: they propagate as is
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(buf.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:  # Ctrl-C included: never leave the temporary file behind
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise CheckpointWriteError(path, e) from e
+        raise
     return path
 
 

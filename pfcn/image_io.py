@@ -7,6 +7,7 @@ pixels in the orientation a viewer shows, so every reader in pfcn (predict, eval
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 
 import numpy as np
@@ -63,21 +64,40 @@ def read_image(path: str | Path) -> np.ndarray:
             img.load()
             return pil_to_rgb(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageReadError(f"{path}: cannot decode image ({e})") from e
+        # PIL repeats the file name ("cannot identify image file '...'"): the message names it once, first.
+        reason = str(e).replace(f" {str(path)!r}", "").replace(str(path), "the file").strip() or type(e).__name__
+        raise ImageReadError(f"{path}: cannot decode image ({reason})") from e
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(q for q in folder.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
 
 
 def list_images(inputs: list[str | Path]) -> list[Path]:
-    """Expand files and directories (non-recursive, sorted) into a list of image paths.
+    """Expand files, folders (non-recursive, sorted) and glob patterns into a list of image paths.
 
-    A path that does not exist raises; a directory contributes its files with an image suffix.
+    A pattern (``imgs/*.jpg``, ``data/**/*.png``; quoted so that the shell passes it on) expands like a folder: the
+    image files it matches, sorted, and the images inside the folders it matches. A path that does not exist, or a
+    pattern that matches no image, raises FileNotFoundError naming it.
     """
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            out.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file()))
+            out.extend(_images_in(p))
         elif p.exists():
             out.append(p)
+        elif any(c in str(item) for c in "*?["):
+            matches = [Path(m) for m in sorted(glob.glob(str(item), recursive=True))]
+            found = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
+            for m in matches:
+                if m.is_dir():
+                    found.extend(_images_in(m))
+            if not found:
+                what = (f"matches {len(matches)} path(s) but no image file ({', '.join(IMAGE_SUFFIXES)})"
+                        if matches else "matches no file")
+                raise FileNotFoundError(f"{item}: the pattern {what}")
+            out.extend(found)
         else:
             raise FileNotFoundError(f"{p}: no such file or directory")
     return out

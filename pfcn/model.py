@@ -109,9 +109,9 @@ class PanopticFCN(nn.Module):
         limit = torch.stack([torch.as_tensor(hn), torch.as_tensor(wn)]).to(resized).reshape(1, 2)
         resized = torch.minimum(resized, limit)
         x = pil_bilinear_resize(images, sizes, resized, (hn, wn))  # [B, 3, hn, wn] integers 0..255
-        return self.normalize(x, resized, (hn, wn)), resized
+        return self.normalize_resized(x, resized, (hn, wn)), resized
 
-    def normalize(self, x: torch.Tensor, resized: torch.Tensor, net_size=None) -> torch.Tensor:
+    def normalize_resized(self, x: torch.Tensor, resized: torch.Tensor, net_size=None) -> torch.Tensor:
         """Resized RGB pixel values [B, 3, Hn, Wn] (0..255, image i top-left at ``resized[i]``) -> network input:
         the model's channel order, mean/std, and zeros outside each image (detectron2 pads after normalising).
 

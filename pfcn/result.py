@@ -7,6 +7,7 @@ each image, mapping contiguous classes to dataset ids — so all backends are ju
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,9 +142,11 @@ def _numpy(value: Any) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- pictures
 def overlay(image: np.ndarray, result: PanopticResult, meta: CategoryMeta, alpha: float = 0.55) -> Image.Image:
-    """Colour each segment over the photo, outline it, and label it "name score" at its largest-row centre.
+    """Colour each segment over the photo, outline it, and label it "name score" at its median pixel.
 
-    Things get a per-instance shade of their category colour so that touching instances stay distinguishable.
+    Things get a per-instance shade of their category colour so that touching instances stay distinguishable. Labels
+    stay inside the picture and never cover each other (`layout_labels`): on a small image a label shrinks, and one
+    that still does not fit is left out, larger segments first.
     """
     base = image.astype(np.float32)
     colour = np.zeros_like(base)
@@ -160,18 +163,62 @@ def overlay(image: np.ndarray, result: PanopticResult, meta: CategoryMeta, alpha
         name = meta.names.get(seg["category_id"], str(seg["category_id"]))
         text = f"{name} {seg['score']:.2f}" if seg["isthing"] else name
         ys, xs = np.nonzero(m)
-        labels.append((int(np.median(xs)), int(np.median(ys)), text, tuple(int(v) for v in c)))
+        labels.append((int(np.median(xs)), int(np.median(ys)), text, int(m.sum())))
     blended = np.where(seg_mask[..., None], base * (1 - alpha) + colour * alpha, base)
     edges = _edges(result.panoptic)
     blended[edges] = 255.0
     img = Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
-    font = _font(max(11, min(img.size) // 40))
-    for x, y, text, c in labels:
-        left, top, right, bottom = draw.textbbox((x, y), text, font=font, anchor="mm")
-        draw.rectangle((left - 2, top - 1, right + 2, bottom + 1), fill=(0, 0, 0))
-        draw.text((x, y), text, fill=(255, 255, 255), font=font, anchor="mm")
+    for box, text, size in layout_labels(img.width, img.height, labels, max(11, min(img.size) // 40)):
+        font = _font(size)
+        left, top, _, _ = draw.textbbox((0, 0), text, font=font, anchor="lt")
+        draw.rectangle(box, fill=(0, 0, 0))
+        draw.text((box[0] + _PAD_X - left, box[1] + _PAD_Y - top), text, fill=(255, 255, 255), font=font,
+                  anchor="lt")
     return img
+
+
+_PAD_X, _PAD_Y = 2, 1  # black margin around a label's text
+_MIN_FONT = 7
+
+
+def layout_labels(width: int, height: int, labels: list[tuple[int, int, str, int]],
+                  size: int) -> list[tuple[tuple[int, int, int, int], str, int]]:
+    """Place "name score" labels on a ``width`` x ``height`` picture: ``(box, text, font size)`` per label kept.
+
+    Each label (x, y, text, area) is centred on (x, y) and moved inside the picture; if it overlaps a label already
+    placed (larger areas are placed first) it moves just below or above that one; if it still overlaps, or is larger
+    than the picture, it is tried with smaller fonts down to ``_MIN_FONT`` px, then left out. Boxes are inclusive pixel rectangles (left, top, right, bottom), all within
+    the picture.
+    """
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    sizes = sorted({max(_MIN_FONT, int(size * 0.8 ** k)) for k in range(12)}, reverse=True)
+    placed: list[tuple[tuple[int, int, int, int], str, int]] = []
+    for x, y, text, _ in sorted(labels, key=lambda label: -label[3]):
+        for font_size in sizes:
+            left, top, right, bottom = measure.textbbox((0, 0), text, font=_font(font_size), anchor="lt")
+            w, h = right - left + 2 * _PAD_X, bottom - top + 2 * _PAD_Y
+            if w > width or h > height:
+                continue
+            x0 = min(max(x - w // 2, 0), width - w)
+            box = _row_box(x0, y - h // 2, w, h, height)
+            hit = next((other for other, _, _ in placed if _overlap(box, other)), None)
+            if hit is not None:  # just below, else just above, the label it would cover
+                moved = (_row_box(x0, hit[3] + 1, w, h, height), _row_box(x0, hit[1] - h, w, h, height))
+                box = next((b for b in moved if not any(_overlap(b, other) for other, _, _ in placed)), box)
+            if not any(_overlap(box, other) for other, _, _ in placed):
+                placed.append((box, text, font_size))
+                break
+    return placed
+
+
+def _row_box(x0: int, y0: int, w: int, h: int, height: int) -> tuple[int, int, int, int]:
+    y0 = min(max(y0, 0), height - h)
+    return (x0, y0, x0 + w - 1, y0 + h - 1)
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
 
 
 def _edges(ids: np.ndarray) -> np.ndarray:
@@ -181,6 +228,7 @@ def _edges(ids: np.ndarray) -> np.ndarray:
     return edge
 
 
+@functools.lru_cache(maxsize=32)
 def _font(size: int) -> ImageFont.ImageFont:
     for name in ("DejaVuSans.ttf", "LiberationSans-Regular.ttf", "Arial.ttf"):
         try:

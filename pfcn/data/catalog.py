@@ -60,7 +60,8 @@ def known_datasets() -> list[str]:
 
 
 def dataset_paths(name: str, root: str | Path | None = None) -> DatasetPaths:
-    """Resolve a dataset name (or a pfcn-synth folder) to its three paths; existence is checked when loading.
+    """Resolve a dataset name, or a folder holding images/, panoptic/ and panoptic.json (the COCO panoptic layout
+    pfcn-synth writes), to its three paths; existence is checked when loading.
 
     Raises:
         ValueError: an unknown name; the message lists the known ones.

@@ -179,15 +179,16 @@ class PanopticEvaluator:
 def match_predictions(gt: PanopticGroundTruth, preds: PanopticPredictions) -> dict[Any, Any]:
     """Pair every GT image with its prediction: GT image_id -> prediction image_id.
 
-    By image_id first; a prediction whose image_id the GT lacks is matched by its PNG file_name instead (so files
-    from ``pfcn-predict IMAGE_DIR``, whose ids are file stems, score against a COCO GT with integer ids). A GT image
-    without a prediction, or a prediction that matches no GT image, is an error.
+    By PNG file_name when it names a GT image's PNG, else by image_id: ``pfcn-predict IMAGE_DIR`` without --gt-json
+    numbers its images 1, 2, ... (or, before, by file stem), ids that may belong to other images of the GT, while
+    its PNGs are named after the photos as COCO's are. A GT image without a prediction, or a prediction that matches
+    no GT image, is an error.
     """
     by_file = {ann["file_name"]: image_id for image_id, ann in gt.annotations.items()}
     pairs: dict[Any, Any] = {}
     unmatched = []
     for pred_id, ann in preds.annotations.items():
-        gt_id = pred_id if pred_id in gt.annotations else by_file.get(ann["file_name"])
+        gt_id = by_file.get(ann["file_name"], pred_id if pred_id in gt.annotations else None)
         if gt_id is None:
             unmatched.append(pred_id)
         elif gt_id in pairs:

@@ -15,6 +15,9 @@ As in panopticapi, the PNG folder of ``X.json`` is ``X/``.
 
 Files are written atomically (temporary file, then ``os.replace``) and panoptic.json last, so a folder with a
 panoptic.json is complete.
+
+Image ids are COCO's: integers. `image_ids_for` gives pfcn-predict's inputs the ids of a ground-truth JSON (so
+panopticapi, hotcoco and pycocotools score the folder directly) or, without one, sequential ids in file-name order.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from pfcn.evaluation.panoptic_format import (PanopticFormatError, PanopticImage,
                                              normalize_categories, panoptic_image, read_panoptic_png)
 
 __all__ = ["PANOPTIC_JSON", "PanopticPredictionWriter", "write_panoptic_predictions", "PanopticPredictions",
-           "atomic_write_text", "to_jsonable"]
+           "atomic_write_text", "to_jsonable", "image_ids_for"]
 
 PANOPTIC_JSON = "panoptic.json"
 INSTANCES_JSON = "instances.json"
@@ -59,16 +62,71 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write a text file via a temporary sibling and ``os.replace``, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a temporary file after a failed write (itself best effort: the folder may be unwritable)."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def _atomic_save_png(path: Path, array: np.ndarray) -> None:
     """Save a uint8 [H, W, 3] (RGB) or [H, W] (grayscale) array as PNG, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    try:
+        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+def image_ids_for(paths: Sequence[Path], gt_json: str | Path | None = None) -> tuple[dict[Path, int], dict[Path, str]]:
+    """COCO image ids (integers) for image files: ``(ids, not_found)``.
+
+    With ``gt_json`` (a COCO panoptic or instances JSON) each file takes the id of the ``images`` entry with its file
+    name (else of the entry or panoptic annotation with its stem); a file the JSON does not list goes to
+    ``not_found`` with the reason. Without one, ids are 1, 2, ... in the order of the file names (then paths), so the
+    same inputs always get the same ids.
+    """
+    if gt_json is None:
+        ordered = sorted(dict.fromkeys(Path(p) for p in paths), key=lambda p: (p.name, str(p)))
+        return {p: i for i, p in enumerate(ordered, start=1)}, {}
+    gt_json = Path(gt_json)
+    data = load_json(gt_json, "ground-truth JSON")
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise PanopticFormatError(f"{gt_json}: a COCO JSON with an 'images' list is needed to give image ids")
+    by_name: dict[str, int] = {}
+    by_stem: dict[str, int] = {}
+    for i, entry in enumerate(data["images"]):
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), int) or isinstance(entry.get("id"), bool):
+            raise PanopticFormatError(f"{gt_json}: images[{i}] has no integer 'id'")
+        name = Path(str(entry.get("file_name", ""))).name
+        if name:
+            by_name.setdefault(name, entry["id"])
+            by_stem.setdefault(Path(name).stem, entry["id"])
+    for ann in data.get("annotations") or []:
+        if isinstance(ann, dict) and isinstance(ann.get("image_id"), int) and ann.get("file_name"):
+            by_stem.setdefault(Path(str(ann["file_name"])).stem, ann["image_id"])
+    ids: dict[Path, int] = {}
+    not_found: dict[Path, str] = {}
+    for p in paths:
+        p = Path(p)
+        found = by_name.get(p.name, by_stem.get(p.stem))
+        if found is None:
+            not_found[p] = f"not an image of {gt_json} (no 'images' entry named {p.name} or {p.stem}.*)"
+        else:
+            ids[p] = found
+    return ids, not_found
 
 
 def _png_name(image_id: Any, file_name: str | None) -> str:

@@ -36,9 +36,13 @@ def step(title: str) -> float:
     return time.perf_counter()
 
 
+# The installed command of each step's entry module (setup.cfg console_scripts), for the echoed command lines.
+COMMANDS = {"pfcn.tools.predict": "pfcn-predict", "pfcn.tools.synth": "pfcn-synth", "pfcn.tools.evaluate": "pfcn-eval",
+            "pfcn.tools.train": "pfcn-train", "pfcn.export.cli": "pfcn-export", "pfcn.tools.parity": "pfcn-parity"}
+
+
 def run(main, args: list[str]) -> None:
-    print("$ " + " ".join(str(a) for a in [main.__module__.replace("pfcn.tools.", "pfcn-").replace(
-        "pfcn.export.cli", "pfcn-export")] + args), flush=True)
+    print("$ " + " ".join(str(a) for a in [COMMANDS[main.__module__]] + args), flush=True)
     code = main([str(a) for a in args])
     if code != 0:
         raise SystemExit(f"demo step failed with exit code {code}")
@@ -49,6 +53,8 @@ def calibrated_checkpoint(config: Path, overrides: list[str], images: list, meta
     cfg = load_config(config, ["MODEL.DEVICE", "cpu"] + overrides)
     torch.manual_seed(0)
     model = build_model(cfg)
+    print(f"calibrating the random weights of {Path(config).name} on {len(images)} image(s) "
+          f"(one inference; a minute or two on a laptop CPU)", flush=True)
     calibrate_random_model(model, images, seed=0)
     return save_checkpoint(out, model, meta or default_meta(cfg), cfg_to_yaml(cfg))
 
@@ -87,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     timings["synth"] = time.perf_counter() - t
 
     t = step("3/7 pfcn-train: the small configuration on CPU")
-    run(train_main, ["--config", small, "--output", out / "train", "--train-dataset", out / "synth_train",
-                     "--test-dataset", out / "synth_val"])
+    run(train_main, ["--config", small, "--out", out / "train", "--train-dataset", out / "synth_train",
+                     "--test-dataset", out / "synth_val", "--overwrite"])
     trained = out / "train" / "model_final.pth"
     val_images = list_images([out / "synth_val" / "images"])
     timings["train"] = time.perf_counter() - t

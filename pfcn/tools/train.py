@@ -1,15 +1,18 @@
 """pfcn-train: train PanopticFCN (the official recipe) on COCO-panoptic-format data.
 
-    pfcn-train --config C [--output DIR] [--resume] [--num-gpus N] [--device cpu|cuda] [--weights W] [--seed S]
+    pfcn-train --config C [--out DIR] [--resume | --overwrite] [--num-gpus N] [--device cpu|cuda] [--weights W]
+               [--seed S]
                [--train-dataset NAME_OR_DIR | --train-images DIR --train-json J [--train-png DIR]]
                [--test-dataset NAME_OR_DIR | --test-images DIR --test-json J [--test-png DIR]]
                [--keep N] [--log-period N] [--global-loss-norm] [--no-eval] [KEY VALUE ...]
 
 Datasets default to DATASETS.TRAIN / DATASETS.TEST of the config, resolved by pfcn.data (official names under
-$PFCN_DATASETS, or pfcn-synth folders). The model is evaluated on the test set every TEST.EVAL_PERIOD iterations
-and at the end (--no-eval: never). OUTPUT (--output, else OUTPUT_DIR) receives model_XXXXXXX.pth / model_final.pth
-(official {"model": ...} format plus "meta" and "cfg"), last_checkpoint, config.yaml, metrics.jsonl, tb/, eval/,
-log.txt and loss_curve.png.
+$PFCN_DATASETS, or folders holding images/, panoptic/ and panoptic.json, such as pfcn-synth writes). The model is
+evaluated on the test set every TEST.EVAL_PERIOD iterations and at the end (--no-eval: never). OUTPUT (--out, else
+OUTPUT_DIR) receives model_XXXXXXX.pth / model_final.pth (official {"model": ...} format plus "meta" and "cfg"),
+last_checkpoint, config.yaml, metrics.jsonl, tb/, eval/, log.txt and loss_curve.png. A folder that holds an earlier
+run is refused unless --resume (continue it) or --overwrite (replace it). Ctrl-C stops after the current iteration
+and writes a checkpoint; --resume continues from it.
 
 Processes: one by default. Under torchrun (RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR in the environment, also
 across machines) every process joins one DistributedDataParallel group: NCCL on --device cuda (each process takes
@@ -31,6 +34,7 @@ from pfcn.arguments import add_model_args, make_parser, load_cfg, parse_with_ove
 
 __all__ = ["build_parser", "main"]
 
+INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C (128 + SIGINT), with a checkpoint written
 _DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -41,10 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
         if action.dest == "device":
             action.default = "auto"
             action.help = "cpu or cuda (auto: cuda when available, else cpu)"
-    p.add_argument("--output", "--out", dest="output", default=None, help="output folder (default: OUTPUT_DIR)")
+    p.add_argument("--out", dest="output", default=None, help="output folder (default: the config's OUTPUT_DIR)")
+    p.add_argument("--output", dest="output", help=argparse.SUPPRESS)  # the former name, still accepted
     p.add_argument("--resume", action="store_true",
                    help="continue from OUTPUT/last_checkpoint (model, optimizer, schedule, RNG and data position); "
                         "starts from the initial weights when there is none")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an OUTPUT that holds an earlier run, deleting its checkpoints, metrics, "
+                        "TensorBoard events and evaluations first (default: refuse such a folder)")
     p.add_argument("--num-gpus", type=int, default=1,
                    help="local processes to spawn when not launched by torchrun (default: 1)")
     p.add_argument("--seed", type=int, default=None, help="overrides SEED (negative: a random seed, recorded)")
@@ -60,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     for split in ("train", "test"):
         g = p.add_argument_group(f"{split} data (default: DATASETS.{split.upper()})")
         g.add_argument(f"--{split}-dataset", action="append", default=None, metavar="NAME_OR_DIR",
-                       help="dataset name under $PFCN_DATASETS or a pfcn-synth folder (repeat to concatenate)")
+                       help="dataset name under $PFCN_DATASETS, or a folder holding images/, panoptic/ and "
+                            "panoptic.json (what pfcn-synth writes; repeat to concatenate)")
         g.add_argument(f"--{split}-images", help="folder of the photographs")
         g.add_argument(f"--{split}-json", help="COCO panoptic JSON")
         g.add_argument(f"--{split}-png", help="folder of the panoptic PNGs (default: the JSON path without .json)")
@@ -124,7 +133,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
     import torch.distributed as dist
 
-    from pfcn.training.trainer import TrainOptions, train
+    from pfcn.training.trainer import TrainOptions, check_output_folder, train
 
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
@@ -142,15 +151,18 @@ def _run(args: argparse.Namespace) -> int:
             args.opts = list(args.opts) + ["SEED", str(args.seed)]
         cfg = load_cfg(args)
         output = Path(args.output or cfg.OUTPUT_DIR)
+        check_output_folder(output, args.resume, args.overwrite)  # before log.txt is opened in it
         _configure_logging(output, rank)
         train_sets = _datasets(args, cfg, "train")
         test_sets = [] if args.no_eval else _datasets(args, cfg, "test")
         options = TrainOptions(output_dir=output, resume=args.resume, keep=args.keep, log_period=args.log_period,
                                global_loss_norm=args.global_loss_norm, num_workers=args.workers,
-                               tensorboard=not args.no_tensorboard)
+                               tensorboard=not args.no_tensorboard, overwrite=args.overwrite)
         summary = train(cfg, train_sets[0], test_sets, options)
         if rank == 0:
             _report(summary, args, output)
+        if summary.get("interrupted"):
+            return INTERRUPTED
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -158,6 +170,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(summary: dict[str, Any], args: argparse.Namespace, output: Path) -> None:
+    if summary.get("interrupted"):
+        print(f"pfcn-train: stopped by Ctrl-C after iteration {summary['iterations_done']}; checkpoint "
+              f"{summary['checkpoint']}. Continue with the same command plus --resume.")
+        return
     print(f"pfcn-train: {summary['iterations']} iteration(s) in {summary['seconds']:.1f} s (seed {summary['seed']}) "
           f"-> {summary['final_checkpoint']}")
     if summary.get("eval"):
@@ -166,8 +182,8 @@ def _report(summary: dict[str, Any], args: argparse.Namespace, output: Path) -> 
         print("pfcn-train: held-out " + "  ".join(
             f"{g}: PQ {pan[g]['PQ']:.1f} SQ {pan[g]['SQ']:.1f} RQ {pan[g]['RQ']:.1f}" for g in groups))
     if summary.get("loss_curve"):
-        print(f"pfcn-train: loss curve {summary['loss_curve']}, metrics {output / 'metrics.jsonl'}, "
-              f"TensorBoard {output / 'tb'}")
+        tensorboard = f", TensorBoard {summary['tensorboard']}" if summary.get("tensorboard") else ""
+        print(f"pfcn-train: loss curve {summary['loss_curve']}, metrics {summary['metrics']}{tensorboard}")
     print(f"next: pfcn-eval --config {args.config} --weights {summary['final_checkpoint']} --dataset DIR_OR_NAME")
 
 
@@ -204,13 +220,21 @@ def _main(argv: list[str] | None) -> int:
         present = [k for k in _DIST_ENV if k in os.environ and k not in ("MASTER_ADDR", "MASTER_PORT")]
         if present:
             raise ValueError(f"--num-gpus {args.num_gpus}: the environment already sets {', '.join(present)}")
-        try:
-            mp.start_processes(_spawned, args=(args, args.num_gpus, _free_port()), nprocs=args.num_gpus,
-                               start_method="spawn")
-        except mp.ProcessExitedException as e:
-            print(f"error: training process {e.error_index} exited with code {e.exit_code}", file=sys.stderr)
-            return int(e.exit_code) if e.exit_code and e.exit_code > 0 else 1
-        return 0
+        context = mp.start_processes(_spawned, args=(args, args.num_gpus, _free_port()), nprocs=args.num_gpus,
+                                     start_method="spawn", join=False)
+        while True:
+            try:
+                if context.join():
+                    return 0
+            except KeyboardInterrupt:  # the processes got Ctrl-C too: wait while they write their checkpoint
+                print("pfcn-train: Ctrl-C: the training processes stop after the current iteration "
+                      "(Ctrl-C again aborts them)", file=sys.stderr)
+                continue
+            except mp.ProcessExitedException as e:
+                if e.exit_code == INTERRUPTED:
+                    return INTERRUPTED
+                print(f"error: training process {e.error_index} exited with code {e.exit_code}", file=sys.stderr)
+                return int(e.exit_code) if e.exit_code and e.exit_code > 0 else 1
     return _run(args)
 
 

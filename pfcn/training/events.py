@@ -1,11 +1,13 @@
 """Training events: JSON lines, TensorBoard scalars, console lines with ETA, and the loss-curve picture.
 
-Every record is a flat dict of floats keyed by name plus its ``iteration`` (0-based index of the iteration just
-finished, detectron2's convention).
+Every record is a flat dict of floats keyed by name plus its ``iteration``: the number of iterations done (1 after
+the first), the count the console shows ("iter N/MAX"). Checkpoint files keep detectron2's 0-based names, so the
+record of iteration N describes the weights of ``model_{N-1:07d}.pth``.
 `MetricsLog` appends them to OUTPUT/metrics.jsonl (one JSON object per line, detectron2's ``metrics.json`` idea)
 and, when a run resumes, first drops the records of iterations the resumed run will redo, so the file describes one
-uninterrupted run. `TensorBoardLog` mirrors the scalars under OUTPUT/tb. `EtaMeter` turns recent iteration times
-into a remaining-time estimate. `plot_loss_curve` draws OUTPUT/loss_curve.png from the JSON lines.
+uninterrupted run. `TensorBoardLog` mirrors the scalars under OUTPUT/tb. `EtaMeter` turns iteration times into a
+remaining-time estimate that stays steady on a machine whose load comes and goes. `plot_loss_curve` draws
+OUTPUT/loss_curve.png from the JSON lines.
 """
 
 from __future__ import annotations
@@ -41,20 +43,24 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 class MetricsLog:
-    """Append-only JSON lines; when a run starts at ``start_iter`` the records of iterations >= start_iter go.
+    """Append-only JSON lines; a run resumed after ``start_iter`` iterations drops the records of later ones.
 
     Args:
         path: OUTPUT/metrics.jsonl.
-        start_iter: first iteration of this run (0 for a fresh run: any old file is replaced).
+        start_iter: iterations already done when this run starts (0 for a fresh run: any old file is replaced).
     """
 
     def __init__(self, path: str | Path, start_iter: int = 0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        keep = [r for r in read_metrics(self.path) if int(r["iteration"]) < start_iter] if start_iter else []
+        keep = [r for r in read_metrics(self.path) if int(r["iteration"]) <= start_iter] if start_iter else []
         tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def write(self, record: Mapping[str, Any]) -> None:
         with open(self.path, "a") as f:
@@ -63,13 +69,13 @@ class MetricsLog:
 
 
 class TensorBoardLog:
-    """Scalars under OUTPUT/tb (``torch.utils.tensorboard``); events from ``start_iter`` on, left by a killed run,
-    are purged on resume."""
+    """Scalars under OUTPUT/tb (``torch.utils.tensorboard``), stepped by iterations done; events after
+    ``start_iter``, left by a killed run, are purged on resume."""
 
     def __init__(self, folder: str | Path, start_iter: int = 0):
         from torch.utils.tensorboard import SummaryWriter  # imported here: tensorboard is slow to import
 
-        self.writer = SummaryWriter(str(folder), purge_step=start_iter if start_iter else None)
+        self.writer = SummaryWriter(str(folder), purge_step=start_iter + 1 if start_iter else None)
 
     def write(self, record: Mapping[str, Any]) -> None:
         step = int(record["iteration"])
@@ -91,19 +97,30 @@ def format_seconds(seconds: float) -> str:
 
 
 class EtaMeter:
-    """Remaining time from the median duration of the last ``window`` iterations (robust to evaluation pauses)."""
+    """Iteration timing: the recent speed for the log, and a steady remaining-time estimate.
 
-    def __init__(self, max_iter: int, window: int = 20):
+    ``seconds_per_iter`` is the median of the last ``recent`` iterations (what the machine does now). The ETA uses the
+    mean over the last ``window`` iterations instead: on a shared machine short bursts of load make the recent median
+    jump by an order of magnitude (an ETA swinging between minutes and hours), while the long mean moves only as
+    fast as the real throughput does. Pauses (evaluation, checkpoints) are excluded from both.
+    """
+
+    def __init__(self, max_iter: int, window: int = 500, recent: int = 20):
         self.max_iter = int(max_iter)
-        self.times: deque[float] = deque(maxlen=window)
+        self.times: deque[float] = deque(maxlen=max(1, window))
+        self.recent = max(1, recent)
         self._last: float | None = None
+
+    def add(self, seconds: float) -> None:
+        """Record the duration of one iteration."""
+        self.times.append(float(seconds))
 
     def step(self) -> float:
         """Mark the end of an iteration; returns its duration (0 for the first)."""
         now = time.perf_counter()
         dt = 0.0 if self._last is None else now - self._last
         if self._last is not None:
-            self.times.append(dt)
+            self.add(dt)
         self._last = now
         return dt
 
@@ -112,13 +129,19 @@ class EtaMeter:
         self._last = None
 
     def seconds_per_iter(self) -> float:
+        """Median duration of the most recent iterations (NaN before the first)."""
         if not self.times:
             return float("nan")
-        ordered = sorted(self.times)
+        ordered = sorted(list(self.times)[-self.recent:])
         return ordered[len(ordered) // 2]
 
+    def mean_seconds_per_iter(self) -> float:
+        """Mean duration over the long window (NaN before the first)."""
+        return sum(self.times) / len(self.times) if self.times else float("nan")
+
     def eta(self, done: int) -> float:
-        return self.seconds_per_iter() * max(0, self.max_iter - done)
+        """Seconds left after ``done`` iterations, at the long-window mean speed."""
+        return self.mean_seconds_per_iter() * max(0, self.max_iter - done)
 
 
 def _smooth(values: list[float], window: int) -> list[float]:

@@ -3,9 +3,16 @@ checkpoints and evaluation, JSON-lines / TensorBoard metrics.
 
 The loop is detectron2's ``DefaultTrainer`` reduced to what PanopticFCN uses: SGD + WarmupPolyLR (`pfcn.training.
 solver`), the official targets and losses, optional AMP, gradient clipping, ``PeriodicCheckpointer`` and
-``EvalHook``. Iterations are numbered from 0 as in detectron2: after iteration ``i`` a periodic checkpoint
+``EvalHook``. Checkpoints number iterations from 0 as in detectron2: after iteration ``i`` a periodic checkpoint
 ``model_{i:07d}.pth`` is written when ``(i + 1) % SOLVER.CHECKPOINT_PERIOD == 0``, storing ``"iteration": i``; resuming
-starts at ``i + 1``. ``last_checkpoint`` names the newest file, as detectron2's checkpointer does.
+starts at ``i + 1``. ``last_checkpoint`` names the newest file, as detectron2's checkpointer does. What a user reads
+about progress (the console, metrics.jsonl, TensorBoard, eval/metrics_N.json) counts iterations done: "iteration N"
+there is the state after N iterations, the one ``model_{N-1:07d}.pth`` holds.
+
+Output folder: a folder that holds an earlier run is refused unless ``resume`` (continue it) or ``overwrite`` (remove
+its checkpoints, metrics, TensorBoard events and evaluations first), so two runs never mix. Ctrl-C (SIGINT) stops the
+run after the current iteration and writes a checkpoint to resume from; a failed write (disk full, read-only) raises
+a `TrainingWriteError` naming the file and the last good checkpoint, which is never deleted before a newer one exists.
 
 Exact resume: a checkpoint holds the model, optimizer, scheduler, AMP scaler, the seed, and per rank (lists indexed
 by rank) the loader position (`pfcn.data.TrainLoader.state_dict`) and the python / numpy / torch / CUDA RNG states. The data stream
@@ -28,6 +35,9 @@ import math
 import os
 import random
 import re
+import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +48,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..checkpoint import CheckpointError, atomic_torch_save, load_checkpoint_file, match_state_dict
+from ..checkpoint import (CheckpointError, CheckpointWriteError, atomic_torch_save, load_checkpoint_file,
+                          match_state_dict)
 from ..config import cfg_to_yaml
 from ..data import PanopticDataset, build_train_loader
 from ..evaluation import PanopticEvaluator, PanopticGroundTruth, write_metrics_json
@@ -53,7 +64,8 @@ from .solver import GradientClipper, build_lr_scheduler, build_optimizer
 from .targets import TargetParams, generate_targets
 
 __all__ = ["TrainOptions", "TrainingModel", "Trainer", "train", "LAST_CHECKPOINT", "FINAL_CHECKPOINT",
-           "periodic_checkpoints", "resolve_seed"]
+           "periodic_checkpoints", "resolve_seed", "earlier_run_files", "check_output_folder", "OutputInUseError",
+           "TrainingWriteError"]
 
 logger = logging.getLogger("pfcn.train")
 
@@ -74,6 +86,7 @@ class TrainOptions:
         global_loss_norm: all-reduce the loss normalisers over ranks (see the module docstring).
         num_workers: loader processes; None = DATALOADER.NUM_WORKERS.
         tensorboard: also write TensorBoard events under output_dir/tb.
+        overwrite: start afresh in a folder that holds an earlier run, removing that run's files first.
     """
 
     output_dir: Path
@@ -83,6 +96,22 @@ class TrainOptions:
     global_loss_norm: bool = False
     num_workers: int | None = None
     tensorboard: bool = True
+    overwrite: bool = False
+
+
+class OutputInUseError(ValueError):
+    """The output folder holds an earlier run and neither resume nor overwrite was asked for."""
+
+
+class TrainingWriteError(OSError):
+    """Writing a checkpoint (or the pointer to it) failed; the message names the file and the last good checkpoint."""
+
+    def __init__(self, message: str, cause: OSError):
+        super().__init__(cause.errno, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class TrainingModel(nn.Module):
@@ -174,8 +203,84 @@ def periodic_checkpoints(folder: Path) -> list[Path]:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
+
+
+# What a run writes into its folder (log.txt and config.yaml are rewritten by every run and do not count).
+_RUN_FILES = (LAST_CHECKPOINT, FINAL_CHECKPOINT, "metrics.jsonl")
+_RUN_FOLDERS = ("tb", "eval")
+
+
+def earlier_run_files(folder: Path) -> list[Path]:
+    """The files of an earlier training run in ``folder``: checkpoints, last_checkpoint, metrics.jsonl."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return [folder / n for n in _RUN_FILES if (folder / n).exists()] + periodic_checkpoints(folder)
+
+
+def check_output_folder(folder: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse a folder that is a file, or that holds an earlier run when neither resume nor overwrite is asked."""
+    folder = Path(folder)
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in the output folder and --overwrite replaces it: give one")
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} is a file, not a folder: give a folder for the training outputs (--out)")
+    earlier = [] if resume or overwrite else earlier_run_files(folder)
+    if earlier:
+        raise OutputInUseError(
+            f"{folder} holds an earlier training run ({', '.join(p.name for p in earlier[:4])}"
+            f"{', ...' if len(earlier) > 4 else ''}): pass --resume to continue it, --overwrite to replace it, "
+            f"or choose another --out")
+
+
+def _remove_earlier_run(folder: Path) -> list[str]:
+    """Delete an earlier run's checkpoints, metrics, TensorBoard events, evaluations and loss curve."""
+    removed = []
+    for path in earlier_run_files(folder) + [folder / "loss_curve.png"]:
+        if path.is_file():
+            path.unlink()
+            removed.append(path.name)
+    for name in _RUN_FOLDERS:
+        if (folder / name).is_dir():
+            shutil.rmtree(folder / name)
+            removed.append(name + "/")
+    return removed
+
+
+class _StopOnInterrupt:
+    """Turns the first Ctrl-C (SIGINT) into a request to stop after the current iteration; a second one aborts.
+
+    Only the main thread can own signal handlers; elsewhere (a trainer driven from a thread) Ctrl-C keeps its default.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "_StopOnInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("Ctrl-C: stopping after the current iteration and writing a checkpoint to resume from "
+                       "(Ctrl-C again aborts without one)")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 # The buffers (FrozenBN statistics) never change in training: DDP need not re-send them every forward (detectron2
@@ -222,6 +327,7 @@ class Trainer:
             raise ValueError(f"keep={options.keep}: must be >= 0 (0 keeps every periodic checkpoint)")
         if options.log_period < 1:
             raise ValueError(f"log_period={options.log_period}: must be >= 1")
+        check_output_folder(self.out, options.resume, options.overwrite)
 
         resume_from = self._resume_path()
         ckpt = load_checkpoint_file(resume_from) if resume_from else None
@@ -318,18 +424,35 @@ class Trainer:
         if self.rank != 0:
             return None
         name = name or f"model_{iteration:07d}.pth"
-        path = atomic_torch_save(state, self.out / name)
-        _atomic_write_text(self.out / LAST_CHECKPOINT, name)
+        try:
+            path = atomic_torch_save(state, self.out / name)
+            _atomic_write_text(self.out / LAST_CHECKPOINT, name)
+        except OSError as e:
+            raise TrainingWriteError(f"{e if isinstance(e, CheckpointWriteError) else self._write_failure(e)}; "
+                                     f"{self._last_good()}", e) from e
         if self.options.keep:
             for old in periodic_checkpoints(self.out)[:-self.options.keep]:
                 if old.name != name:
                     old.unlink(missing_ok=True)
         return path
 
+    def _write_failure(self, error: OSError) -> str:
+        return f"{error.filename or self.out}: cannot write: {error.strerror or error}"
+
+    def _last_good(self) -> str:
+        """Where the run can continue from after a failed write (the checkpoint last_checkpoint names)."""
+        pointer = self.out / LAST_CHECKPOINT
+        name = pointer.read_text().strip() if pointer.is_file() else ""
+        if name and (self.out / name).is_file():
+            return (f"the last good checkpoint is {self.out / name}: free space (or fix the folder) and rerun with "
+                    f"--resume to continue from it")
+        return "no earlier checkpoint of this run exists, so the training has to be repeated"
+
     # ---- evaluation --------------------------------------------------------------------------------------------
     def evaluate(self, iteration: int) -> dict[str, Any] | None:
         """Evaluate the current weights on every test dataset (sharded over ranks). Returns rank 0's results of
-        the first dataset (None elsewhere); writes OUTPUT/eval/<dataset>/metrics_<iteration>.json."""
+        the first dataset (None elsewhere); writes OUTPUT/eval/<dataset>/metrics_<iteration>.json, ``iteration``
+        counting the iterations done."""
         first = None
         predictor = Predictor(self.model, self.meta, str(self.device))
         try:
@@ -402,11 +525,26 @@ class Trainer:
             t = t / self.world
         return dict(zip(keys, t.cpu().tolist()))
 
+    def _stop_requested(self, interrupt: _StopOnInterrupt) -> bool:
+        """Whether any rank was asked to stop (collective: every rank must call it each iteration)."""
+        if self.world == 1:
+            return interrupt.requested
+        flag = torch.tensor([1.0 if interrupt.requested else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
     def train(self) -> dict[str, Any]:
-        """Run from ``start_iter`` to SOLVER.MAX_ITER. Returns a summary (rank 0: losses, eval results, paths)."""
+        """Run from ``start_iter`` to SOLVER.MAX_ITER. Returns a summary (rank 0: losses, eval results, paths).
+
+        Ctrl-C stops after the current iteration: a checkpoint is written and the summary says ``interrupted``.
+        """
         cfg, opts = self.cfg, self.options
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
+            if opts.overwrite:
+                removed = _remove_earlier_run(self.out)
+                if removed:
+                    logger.warning("--overwrite: removed the earlier run in %s (%s)", self.out, ", ".join(removed))
             _atomic_write_text(self.out / "config.yaml", self._cfg_yaml())
             if self.init_report is not None:
                 logger.info("%s", self.init_report.summary())
@@ -414,9 +552,6 @@ class Trainer:
         tb = TensorBoardLog(self.out / "tb", self.start_iter) if self.rank == 0 and opts.tensorboard else None
         if self.resumed_from is not None:
             logger.info("resuming from %s at iteration %d", self.resumed_from, self.start_iter)
-        elif self.rank == 0 and (self.out / LAST_CHECKPOINT).is_file():
-            logger.warning("%s holds an earlier run (%s); starting afresh over it (--resume continues it)", self.out,
-                           LAST_CHECKPOINT)
         logger.info("training %d -> %d iterations, %d process(es), %d image(s) per batch per process, seed %d, "
                     "device %s%s", self.start_iter, self.max_iter, self.world, self.loader.sampler.batch_size,
                     self.seed, self.device, ", AMP" if self.amp else "")
@@ -433,50 +568,57 @@ class Trainer:
         if self._rng_to_restore is not None:  # after the loader drew its worker seeds, as the original run did
             _set_rng_state(self._rng_to_restore)
         eta.step()
+        final_path: Path | None = None
+        interrupted_at: Path | None = None
         try:
-            while self.iter < self.max_iter:
-                i = self.iter
-                t0 = time.perf_counter()
-                batch = next(batches)
-                data_time += time.perf_counter() - t0
-                values = self._step(batch)
-                for k, v in values.items():
-                    window[k] = window.get(k, 0.0) + v
-                window_n += 1
-                eta.step()
-                if (i + 1) % opts.log_period == 0 or i + 1 == self.max_iter:
-                    last_losses = self._reduce_mean(window, window_n)
-                    record = {"iteration": i, **last_losses, "total_loss": sum(last_losses.values()),
-                              "lr": self.lr,
-                              "time": eta.seconds_per_iter(), "data_time": data_time / window_n,
-                              "eta_seconds": eta.eta(i + 1)}
-                    if self.rank == 0:
-                        metrics.write(record)
-                        if tb is not None:
-                            tb.write(record)
-                        logger.info("iter %d/%d  eta %s  total %.3f  %s  lr %.5f  %.3f s/it", i + 1, self.max_iter,
-                                    format_seconds(record["eta_seconds"]), record["total_loss"],
-                                    "  ".join(f"{k[5:]} {v:.3f}" for k, v in last_losses.items()), record["lr"],
-                                    record["time"])
-                    window, window_n, data_time = {}, 0, 0.0
-                final = i + 1 == self.max_iter
-                if period_ckpt > 0 and (i + 1) % period_ckpt == 0 and not final:
-                    self.save(i)
-                    eta.pause()
-                if self.test_datasets and ((period_eval > 0 and (i + 1) % period_eval == 0) or final):
-                    last_eval = self.evaluate(i)
-                    if last_eval is not None and self.rank == 0:
-                        pan = last_eval["panoptic"]
-                        rec = {"iteration": i, **{f"eval/{m}": pan["All"][m] for m in ("PQ", "SQ", "RQ")},
-                               **{f"eval/{m}_{g[:2].lower()}": pan[g][m] for g in ("Things", "Stuff")
-                                  for m in ("PQ", "SQ", "RQ")}}
-                        metrics.write(rec)
-                        if tb is not None:
-                            tb.write(rec)
-                    eta.pause()
-                self.iter += 1
-            final_path = None
-            if self.start_iter < self.max_iter or not (self.out / FINAL_CHECKPOINT).is_file():
+            with _StopOnInterrupt() as interrupt:
+                while self.iter < self.max_iter:
+                    i = self.iter
+                    done = i + 1  # iterations done after this one: what the console and the metrics count
+                    t0 = time.perf_counter()
+                    batch = next(batches)
+                    data_time += time.perf_counter() - t0
+                    values = self._step(batch)
+                    for k, v in values.items():
+                        window[k] = window.get(k, 0.0) + v
+                    window_n += 1
+                    eta.step()
+                    if done % opts.log_period == 0 or done == self.max_iter:
+                        last_losses = self._reduce_mean(window, window_n)
+                        record = {"iteration": done, **last_losses, "total_loss": sum(last_losses.values()),
+                                  "lr": self.lr,
+                                  "time": eta.seconds_per_iter(), "data_time": data_time / window_n,
+                                  "eta_seconds": eta.eta(done)}
+                        if self.rank == 0:
+                            metrics.write(record)
+                            if tb is not None:
+                                tb.write(record)
+                            logger.info("iter %d/%d  eta %s  total %.3f  %s  lr %.5f  %.3f s/it", done,
+                                        self.max_iter, format_seconds(record["eta_seconds"]), record["total_loss"],
+                                        "  ".join(f"{k[5:]} {v:.3f}" for k, v in last_losses.items()),
+                                        record["lr"], record["time"])
+                        window, window_n, data_time = {}, 0, 0.0
+                    final = done == self.max_iter
+                    if period_ckpt > 0 and done % period_ckpt == 0 and not final:
+                        self.save(i)
+                        eta.pause()
+                    if self.test_datasets and ((period_eval > 0 and done % period_eval == 0) or final):
+                        last_eval = self.evaluate(done)
+                        if last_eval is not None and self.rank == 0:
+                            pan = last_eval["panoptic"]
+                            rec = {"iteration": done, **{f"eval/{m}": pan["All"][m] for m in ("PQ", "SQ", "RQ")},
+                                   **{f"eval/{m}_{g[:2].lower()}": pan[g][m] for g in ("Things", "Stuff")
+                                      for m in ("PQ", "SQ", "RQ")}}
+                            metrics.write(rec)
+                            if tb is not None:
+                                tb.write(rec)
+                        eta.pause()
+                    self.iter += 1
+                    if not final and self._stop_requested(interrupt):
+                        interrupted_at = self.save(i)  # collective; the path on rank 0
+                        break
+            if self.iter >= self.max_iter and (self.start_iter < self.max_iter
+                                               or not (self.out / FINAL_CHECKPOINT).is_file()):
                 final_path = self.save(self.max_iter - 1, FINAL_CHECKPOINT)
         finally:
             if tb is not None:
@@ -485,16 +627,26 @@ class Trainer:
             if close is not None:
                 close()
         elapsed = time.perf_counter() - start
-        summary: dict[str, Any] = {"iterations": self.max_iter - self.start_iter, "seconds": elapsed,
-                                   "final_checkpoint": str(final_path or self.out / FINAL_CHECKPOINT),
-                                   "losses": last_losses, "eval": last_eval, "seed": self.seed}
+        interrupted = self.iter < self.max_iter
+        summary: dict[str, Any] = {"iterations": self.iter - self.start_iter, "seconds": elapsed,
+                                   "final_checkpoint": None if interrupted else str(final_path or
+                                                                                   self.out / FINAL_CHECKPOINT),
+                                   "losses": last_losses, "eval": last_eval, "seed": self.seed,
+                                   "interrupted": interrupted, "iterations_done": self.iter,
+                                   "checkpoint": str(interrupted_at) if interrupted_at else None,
+                                   "metrics": str(self.out / "metrics.jsonl"),
+                                   "tensorboard": str(self.out / "tb") if opts.tensorboard else None}
         if self.rank == 0:
             records = read_metrics(self.out / "metrics.jsonl")
             if any("total_loss" in r for r in records):
                 summary["loss_curve"] = str(plot_loss_curve(records, self.out / "loss_curve.png",
                                                             title=f"pfcn-train: {Path(self.out).name}"))
-            logger.info("done: %d iteration(s) in %s -> %s", summary["iterations"], format_seconds(elapsed),
-                        summary["final_checkpoint"])
+            if interrupted:
+                logger.warning("stopped by Ctrl-C after iteration %d of %d; checkpoint %s (rerun with --resume to "
+                               "continue)", self.iter, self.max_iter, interrupted_at)
+            else:
+                logger.info("done: %d iteration(s) in %s -> %s", summary["iterations"], format_seconds(elapsed),
+                            summary["final_checkpoint"])
         return summary
 
 

@@ -6,14 +6,17 @@ the official code; a checkpoint built from that list must load into our model wi
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from pfcn.checkpoint import (CheckpointError, checkpoint_meta, load_checkpoint_file, load_weights, match_state_dict,
-                             save_checkpoint)
+from pfcn.checkpoint import (CheckpointError, CheckpointWriteError, atomic_torch_save, checkpoint_meta,
+                             load_checkpoint_file, load_weights, match_state_dict, save_checkpoint)
 from pfcn.config import cfg_to_yaml, load_config
 from pfcn.metadata import CategoryMeta
 from pfcn.model import build_model
@@ -184,7 +187,8 @@ def test_pickled_module_is_refused_with_the_reason(tmp_path):
         load_checkpoint_file(path)
     msg = str(err.value)
     assert str(path) in msg
-    assert "arbitrary unpickling" in msg and "weights_only" in msg
+    assert "arbitrary unpickling" in msg and "would run code" in msg
+    assert "weights_only" not in msg  # never the advice to switch the protection off
     assert "torch.nn.modules.conv.Conv2d" in msg  # names what the file would import
 
 
@@ -194,6 +198,69 @@ def test_custom_class_in_checkpoint_is_refused(tmp_path):
     with pytest.raises(CheckpointError) as err:
         load_checkpoint_file(path)
     assert "arbitrary unpickling" in str(err.value) and "NotAWeight" in str(err.value)
+
+
+class RunsCommand:
+    """What a malicious checkpoint holds: unpickling it calls ``function(argument)``."""
+
+    def __init__(self, function, argument: str) -> None:
+        self.function, self.argument = function, argument
+
+    def __reduce__(self):
+        return self.function, (self.argument,)
+
+
+def _marker_command(marker: Path) -> str:
+    return f"{sys.executable} -c \"open({str(marker)!r}, 'w').write('ran')\""
+
+
+@pytest.mark.parametrize("function, legacy", [(os.system, False), (os.system, True), (exec, False)],
+                         ids=["os.system", "os.system-legacy-format", "builtins.exec"])
+def test_malicious_checkpoint_is_refused_without_running_it(tmp_path, function, legacy):
+    """A .pth whose pickle would run a command: refused, nothing runs, and the message says why without advising
+    to switch the protection off (torch's own message suggests weights_only=False)."""
+    marker = tmp_path / "ran.txt"
+    argument = _marker_command(marker) if function is os.system else f"open({str(marker)!r}, 'w').write('ran')"
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "x": RunsCommand(function, argument)}, path,
+               _use_new_zipfile_serialization=not legacy)
+    # The file is really malicious: an unprotected unpickler runs it (proven on a copy, then the marker removed).
+    if function is os.system:
+        with open(path, "rb") as f:
+            torch.load(f, weights_only=False)
+        assert marker.read_text() == "ran"
+        marker.unlink()
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint_file(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: refused: loading this file would run code")
+    assert ("system" if function is os.system else "exec") in msg  # names what it would call
+    assert "weights_only" not in msg and "will likely succeed" not in msg
+    assert "not a PyTorch checkpoint" not in msg
+    assert not marker.exists(), "loading the malicious checkpoint ran its command"
+
+
+def test_torch_unpickler_wordings_are_recognised():
+    """The refusal texts of torch 2.11-2.14's weights-only unpickler (torch/_weights_only_unpickler.py) that mean
+    "this file would import or call code", as torch.load wraps them."""
+    from pfcn.checkpoint import _refers_to_code, _unpickler_reason
+
+    advice = ("Weights only load failed. In PyTorch 2.6, we changed the default value of the `weights_only` argument "
+              "... Re-running `torch.load` with `weights_only` set to `False` will likely succeed, but it can result "
+              "in arbitrary code execution.")
+    cases = {
+        "Trying to load unsupported GLOBAL posix.system whose module posix is blocked.": "posix.system",
+        "Unsupported global: GLOBAL subprocess2.run was not an allowed global by default. Please use ...":
+            "subprocess2.run",
+        "Trying to call reduce for unrecognized function <built-in function system> which belongs to <module>":
+            "<built-in function system>",
+    }
+    for text, target in cases.items():
+        assert _refers_to_code(f"{advice}\n\n\n{text}\n\nCheck the documentation of torch.load") == target
+    assert _refers_to_code(f"{advice}\nWeightsUnpickler error: \n\nUnsupported operand 149\n") is None
+    assert _unpickler_reason(f"{advice}\nWeightsUnpickler error: \n\nUnsupported operand 149\n") == \
+        "Unsupported operand 149"
+    assert "weights_only" not in _unpickler_reason(f"{advice}\n\nCheck the documentation of torch.load")
 
 
 @pytest.mark.parametrize("content", [b"\x00\x01garbage\xff" * 20, b"hello, I am a text file\n", b"",
@@ -260,6 +327,41 @@ def test_failed_save_keeps_the_old_file_and_leaves_no_temporary(small, tmp_path)
     save_checkpoint(path, model, iteration=3)  # overwriting works and is complete
     assert load_checkpoint_file(path)["iteration"] == 3
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]
+
+
+_WRITE_LIMITED = """
+import resource, signal, sys
+import torch
+from pfcn.checkpoint import CheckpointWriteError, atomic_torch_save
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit, write() fails with EFBIG instead of a signal
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    atomic_torch_save({"model": {"w": torch.zeros(1 << 20)}}, sys.argv[1])
+except CheckpointWriteError as e:
+    print(f"{type(e).__name__}|{isinstance(e, OSError)}|{e}")
+"""
+
+
+def test_write_failure_names_the_file_and_cleans_up(tmp_path):
+    """A real failed write (file-size limit, as on a full disk): an OSError naming the path, no temporary file,
+    and the previous checkpoint at that path unchanged."""
+    path = tmp_path / "model_final.pth"
+    path.write_bytes(b"previous")
+    proc = subprocess.run([sys.executable, "-c", _WRITE_LIMITED, str(path)], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    kind, is_os_error, message = proc.stdout.strip().split("|", 2)
+    assert kind == "CheckpointWriteError" and is_os_error == "True"
+    assert message.startswith(f"{path}: cannot write the checkpoint: ") and "\n" not in message
+    assert path.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["model_final.pth"]
+
+
+def test_folder_that_is_a_file_is_a_write_error(tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(CheckpointWriteError, match="taken/ckpt.pth: cannot write the checkpoint"):
+        atomic_torch_save({"w": torch.zeros(1)}, tmp_path / "taken" / "ckpt.pth")
 
 
 # ----------------------------------------------------------------------------------------------- Star variant

@@ -236,3 +236,24 @@ def test_list_images_missing_path(tmp_path):
 def test_list_images_empty_folder(tmp_path):
     assert list_images([tmp_path]) == []
 
+
+
+def test_list_images_expands_quoted_globs_like_folders(tmp_path):
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("b.jpg", "a.jpg", "c.png", "notes.txt"):
+        (folder / name).write_bytes(b"x")
+    (folder / "sub" / "z.jpg").write_bytes(b"x")
+    assert [p.name for p in list_images([str(folder / "*.jpg")])] == ["a.jpg", "b.jpg"]
+    assert [p.name for p in list_images([str(folder / "*")])] == ["a.jpg", "b.jpg", "c.png", "z.jpg"]  # sub/ too
+    assert [p.name for p in list_images([str(folder / "**" / "*.jpg")])] == ["a.jpg", "b.jpg", "z.jpg"]
+    assert [p.name for p in list_images([str(folder / "[ab].*")])] == ["a.jpg", "b.jpg"]
+
+
+@pytest.mark.parametrize("pattern, message", [("*.gif", "the pattern matches no file"),
+                                              ("*.txt", "matches 1 path(s) but no image file")])
+def test_list_images_glob_without_images_is_an_error(tmp_path, pattern, message):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(FileNotFoundError) as err:
+        list_images([str(tmp_path / pattern)])
+    assert str(tmp_path / pattern) in str(err.value) and message in str(err.value)

@@ -10,7 +10,8 @@ import torch
 
 from pfcn.inference import OUTPUT_NAMES
 from pfcn.metadata import CategoryMeta
-from pfcn.result import PanopticResult, overlay, results_from_outputs, save_summary, segment_bboxes
+from pfcn.result import (PanopticResult, layout_labels, overlay, results_from_outputs, save_summary,
+                         segment_bboxes)
 
 K, S = 4, 3  # instance slots; stuff-head channels (0 = things, 1..2 stuff)
 H, W = 9, 12  # shared canvas
@@ -195,3 +196,41 @@ def test_summary_json_has_names(tmp_path):
                                                                                       (2, "sky", 200)]
     assert data["instances"] == [{"category_id": 20, "name": "dog", "score": pytest.approx(0.87), "area": 2500,
                                   "bbox": [10, 10, 50, 50]}]
+
+
+def test_labels_on_a_tiny_image_stay_inside_and_apart():
+    """Six segments on a 40x56 picture: every label box the overlay draws is inside it and none overlaps another
+    (labels shrink, and those that still collide are left out, larger segments first)."""
+    rng = np.random.default_rng(1)
+    photo = rng.integers(60, 200, (40, 56, 3), dtype=np.uint8)
+    pan = np.zeros((40, 56), np.int32)
+    cells = [(0, 20, 0, 19), (0, 20, 19, 38), (0, 20, 38, 56), (20, 40, 0, 19), (20, 40, 19, 38), (20, 40, 38, 56)]
+    segments = []
+    for sid, (y0, y1, x0, x1) in enumerate(cells, start=1):
+        pan[y0:y1, x0:x1] = sid
+        segments.append({"id": sid, "category_id": 20 if sid % 2 else 200, "isthing": bool(sid % 2), "score": 0.9,
+                         "area": (y1 - y0) * (x1 - x0), "bbox": [x0, y0, x1 - x0, y1 - y0]})
+    result = PanopticResult(pan, segments, np.zeros((0, 40, 56), bool), np.zeros(0, np.float32),
+                            np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((40, 56), np.int64))
+    labels = [(int(np.median(np.nonzero(pan == s["id"])[1])), int(np.median(np.nonzero(pan == s["id"])[0])),
+               "dog 0.90" if s["isthing"] else "sky", s["area"]) for s in segments]
+    placed = layout_labels(56, 40, labels, 11)
+    assert placed, "no label fits at all"
+    for box, _, size in placed:
+        assert 0 <= box[0] <= box[2] <= 55 and 0 <= box[1] <= box[3] <= 39, box
+        assert size >= 7
+    for i, (a, _, _) in enumerate(placed):
+        for b, _, _ in placed[i + 1:]:
+            assert a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1], (a, b)
+    # The overlay draws exactly those boxes: black label backgrounds only inside them.
+    out = np.asarray(overlay(photo, result, META))
+    assert out.shape == photo.shape
+    black = (out == 0).all(axis=2)
+    inside = np.zeros_like(black)
+    for (x0, y0, x1, y1), _, _ in placed:
+        inside[y0:y1 + 1, x0:x1 + 1] = True
+    assert black[inside].mean() > 0.3 and not black[~inside].any()
+
+
+def test_a_label_wider_than_the_picture_is_left_out():
+    assert layout_labels(12, 30, [(6, 15, "a very long category name 0.99", 100)], 11) == []

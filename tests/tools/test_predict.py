@@ -86,7 +86,8 @@ def test_broken_image_is_reported_and_exit_code_is_1(folder_run):
     assert code == 1
     assert "1 image(s) failed" in stderr
     failed = [line for line in stderr.splitlines() if "broken.jpg" in line]
-    assert failed and "cannot decode" in failed[0]
+    assert len(failed) == 1 and "cannot decode" in failed[0]
+    assert failed[0].count("broken.jpg") == 1, "the failed path is printed twice"
     assert "6 image(s)" in stdout
     for stem in GOOD:
         assert f"{stem}." not in stderr.replace("broken.jpg", "")  # only the broken file is listed
@@ -116,7 +117,9 @@ def test_panoptic_json_lists_readable_images(folder_run):
     _, _, _, out = folder_run
     data = json.loads((out / "panoptic.json").read_text())
     assert sorted(a["file_name"] for a in data["annotations"]) == sorted(f"{s}.png" for s in GOOD)
-    assert sorted(a["image_id"] for a in data["annotations"]) == sorted(GOOD)
+    # COCO image ids: integers, 1, 2, ... in the order of the file names (broken.jpg, first, keeps its id unused).
+    by_name = {a["file_name"]: a["image_id"] for a in data["annotations"]}
+    assert [by_name[f"{stem}.png"] for stem in sorted(GOOD)] == list(range(2, 2 + len(GOOD)))
     assert [c["id"] for c in data["categories"]] == [1, 3, 18, 149, 184, 187]
     assert any(a["segments_info"] for a in data["annotations"]), "the calibrated model predicted nothing"
 
@@ -309,3 +312,83 @@ def test_help_shows_defaults(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert "(default: predictions)" in out and "(default: cpu)" in out and "--random-weights" in out
+
+# ----------------------------------------------------------------------------------------------- other scorers
+def _sample_gt() -> tuple[Path, Path]:
+    if not (SAMPLE / "panoptic_examples.json").is_file():
+        pytest.skip(f"the COCO panoptic sample is not at {SAMPLE} (../shared/data/coco_panoptic_sample)")
+    return SAMPLE / "panoptic_examples.json", SAMPLE / "panoptic_examples"
+
+
+@pytest.fixture(scope="module")
+def coco_run(setup):
+    """pfcn-predict on the two real COCO photos with the ground truth's ids (--gt-json)."""
+    gt_json, _ = _sample_gt()
+    out = setup["root"] / "coco"
+    code, _, stderr = run([SAMPLE / "input_images", "--config", SMALL_CONFIG, "--weights", setup["weights"],
+                           "--out", out, "--gt-json", gt_json, "--no-overlay"])
+    assert code == 0, stderr
+    return out
+
+
+def test_gt_json_ids_let_panopticapi_and_hotcoco_score_the_output(coco_run):
+    """The standard scorers read pfcn-predict's folder as is, and agree with pfcn-eval --predictions."""
+    from hotcoco import panoptic as hc_panoptic
+    from panopticapi.evaluation import pq_compute
+
+    from pfcn.tools.evaluate import main as eval_main
+
+    gt_json, gt_png = _sample_gt()
+    data = json.loads((coco_run / "panoptic.json").read_text())
+    assert sorted(a["image_id"] for a in data["annotations"]) == [142238, 439180]
+    with contextlib.redirect_stdout(io.StringIO()):
+        reference = pq_compute(str(gt_json), str(coco_run / "panoptic.json"), str(gt_png), str(coco_run / "panoptic"))
+    hot = hc_panoptic.PanopticEval(str(gt_json), str(coco_run / "panoptic.json"), gt_folder=str(gt_png),
+                                   pred_folder=str(coco_run / "panoptic"))
+    hot.evaluate()
+    assert float(hot.results()["All"]["pq"]) == pytest.approx(reference["All"]["pq"], abs=1e-9)
+    assert eval_main(["--predictions", str(coco_run), "--gt-json", str(gt_json), "--gt-png", str(gt_png),
+                      "--out", str(coco_run.parent / "coco_eval"), "--no-progress"]) == 0
+    ours = json.loads((coco_run.parent / "coco_eval" / "metrics.json").read_text())["panoptic"]["All"]["PQ"]
+    assert ours == pytest.approx(100 * reference["All"]["pq"], abs=1e-6)
+
+
+def test_without_gt_json_ids_are_integers_pfcn_eval_pairs_by_file_name(setup, coco_run, tmp_path):
+    gt_json, gt_png = _sample_gt()
+    out = tmp_path / "plain"
+    code, _, stderr = run([SAMPLE / "input_images", "--config", SMALL_CONFIG, "--weights", setup["weights"],
+                           "--out", out, "--no-overlay"])
+    assert code == 0, stderr
+    data = json.loads((out / "panoptic.json").read_text())
+    assert {a["file_name"]: a["image_id"] for a in data["annotations"]} == {"000000142238.png": 1,
+                                                                         "000000439180.png": 2}
+    instances = json.loads((out / "instances.json").read_text())
+    assert all(isinstance(e["image_id"], int) for e in instances)
+    from pfcn.tools.evaluate import main as eval_main
+
+    assert eval_main(["--predictions", str(out), "--gt-json", str(gt_json), "--gt-png", str(gt_png),
+                      "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
+    plain = json.loads((tmp_path / "eval" / "metrics.json").read_text())["panoptic"]["All"]["PQ"]
+    with_ids = json.loads((coco_run.parent / "coco_eval" / "metrics.json").read_text())["panoptic"]["All"]["PQ"]
+    assert plain == with_ids
+
+
+def test_gt_json_without_the_image_is_a_listed_failure(setup, tmp_path):
+    gt_json, _ = _sample_gt()
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(photo(0, 64, 96)).save(folder / "not_in_gt.jpg")
+    code, _, stderr = run([folder, "--config", SMALL_CONFIG, "--weights", setup["weights"], "--out", tmp_path / "o",
+                           "--gt-json", gt_json, "--no-overlay"])
+    assert code == 1
+    assert f"not_in_gt.jpg: not an image of {gt_json}" in stderr
+
+
+def test_quoted_glob_is_expanded_and_an_empty_one_is_an_error(setup, tmp_path):
+    code, stdout, stderr = run([str(setup["images"] / "photo_*.jpg"), "--config", SMALL_CONFIG, "--weights",
+                                setup["weights"], "--out", tmp_path / "o", "--no-overlay"])
+    assert code == 0, stderr
+    assert "2 image(s)" in stdout
+    code, _, stderr = run([str(setup["images"] / "*.gif"), "--config", SMALL_CONFIG, "--weights", setup["weights"],
+                           "--out", tmp_path / "o2"])
+    assert code == 2 and "*.gif: the pattern matches no file" in stderr and "Traceback" not in stderr

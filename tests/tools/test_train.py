@@ -45,7 +45,7 @@ def synth(tmp_path_factory) -> Path:
 def test_train_by_paths_then_eval_and_predict(synth: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     train = synth / "train"
-    code = main(["--config", str(SMALL), "--device", "cpu", "--output", str(out),
+    code = main(["--config", str(SMALL), "--device", "cpu", "--out", str(out),
                  "--train-images", str(train / "images"), "--train-json", str(train / "panoptic.json"),
                  "--train-png", str(train / "panoptic"), "--test-dataset", str(synth / "val"), "--seed", "3",
                  "--log-period", "1", "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "2", *TINY])
@@ -89,7 +89,7 @@ def test_r50_checkpoint_matches_the_official_keys_and_serves(tmp_path: Path, cap
             "--train-png", str(SAMPLE / "panoptic_examples")]
     small_sizes = ["INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "192", "INPUT.MIN_SIZE_TEST", "128",
                    "INPUT.MAX_SIZE_TEST", "192"]
-    assert main(["--config", str(R50), "--device", "cpu", "--output", str(out), *data, "--no-eval", "--log-period",
+    assert main(["--config", str(R50), "--device", "cpu", "--out", str(out), *data, "--no-eval", "--log-period",
                  "1", "--seed", "0", "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2",
                  "DATALOADER.NUM_WORKERS", "0", *small_sizes]) == 0
     final = out / "model_final.pth"
@@ -122,12 +122,30 @@ def test_r50_checkpoint_matches_the_official_keys_and_serves(tmp_path: Path, cap
 ])
 def test_user_errors(synth: Path, tmp_path: Path, capsys, argv: list[str], message: str) -> None:
     argv = [a.format(synth=synth / "train", missing=tmp_path / "missing") for a in argv]
-    code = main(["--config", str(SMALL), "--output", str(tmp_path / "o"), *argv, "SOLVER.MAX_ITER", "1", *TINY])
+    code = main(["--config", str(SMALL), "--out", str(tmp_path / "o"), *argv, "SOLVER.MAX_ITER", "1", *TINY])
     assert code == 2
     assert message in capsys.readouterr().err
 
 
 def test_num_gpus_under_torchrun_is_an_error(monkeypatch, tmp_path: Path, capsys) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main(["--config", str(SMALL), "--num-gpus", "2", "--output", str(tmp_path)]) == 2
+    assert main(["--config", str(SMALL), "--num-gpus", "2", "--out", str(tmp_path)]) == 2
     assert "under torchrun" in capsys.readouterr().err
+
+
+def test_help_names_out_and_what_a_dataset_folder_holds() -> None:
+    from pfcn.tools.train import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert "--out OUTPUT" in text and "--output" not in text  # --output is only a hidden former name
+    assert "--overwrite" in text and "images/, panoptic/ and panoptic.json" in text
+    assert build_parser().parse_args(["--config", "c", "--output", "x"]).output == "x"
+
+
+def test_out_that_is_a_file_is_a_one_line_error(synth: Path, tmp_path: Path, capsys) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    code = main(["--config", str(SMALL), "--out", str(taken), "--train-dataset", str(synth / "train"), "--no-eval",
+                 "SOLVER.MAX_ITER", "1", *TINY])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{taken} is a file, not a folder" in err and len(err.strip().splitlines()) == 1

@@ -146,3 +146,14 @@ def test_predictions_match_by_file_name_when_ids_differ(gt: PanopticGroundTruth,
     (tmp_path / "panoptic.json").write_text(json.dumps(data))
     with pytest.raises(PanopticFormatError, match=r"image_id\(s\) \['000000142238'\] match no image"):
         evaluate_prediction_files(gt, tmp_path, progress=False)
+
+
+def test_png_names_pair_before_ids_that_belong_to_other_images(gt: PanopticGroundTruth, tmp_path: Path) -> None:
+    """Sequential ids (pfcn-predict without --gt-json) can be another GT image's id: the PNG name decides."""
+    results = perfect_results(gt)
+    swapped = list(reversed([r.image_id for r in results]))
+    for r, other in zip(results, swapped):
+        r.image_id = other  # each prediction carries the other image's id, its PNG keeps its own name
+    write_panoptic_predictions(results, tmp_path, gt.meta)
+    res = evaluate_prediction_files(gt, tmp_path, progress=False)
+    assert res["panoptic"]["All"]["PQ"] == 100.0

@@ -1,5 +1,6 @@
 """The training loop on a tiny synthetic set: checkpoints and their rotation, metrics files, evaluation, weight
-initialisation, AMP; exact resume after SIGKILL; 2-process DDP (gloo) against 1 process."""
+initialisation, AMP; used output folders, failed checkpoint writes; exact resume after SIGKILL and after Ctrl-C;
+2-process DDP (gloo) against 1 process."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from pfcn.data import PanopticDataset, SynthSpec, build_dataset, generate_datase
 from pfcn.metadata import CategoryMeta
 from pfcn.model import build_model
 from pfcn.training.events import read_metrics
-from pfcn.training.trainer import FINAL_CHECKPOINT, LAST_CHECKPOINT, Trainer, TrainOptions, train
+from pfcn.training.trainer import (FINAL_CHECKPOINT, LAST_CHECKPOINT, OutputInUseError, Trainer, TrainingWriteError,
+                                   TrainOptions, train)
 
 REPO = Path(__file__).resolve().parents[3]
 SMALL = REPO / "configs" / "PanopticFCN-Small.yaml"
@@ -85,14 +87,14 @@ def test_metrics_files_loss_curve_and_evaluation(synth: Path, tmp_path: Path) ->
     records = read_metrics(tmp_path / "metrics.jsonl")
     losses = [r for r in records if "total_loss" in r]
     evals = [r for r in records if "eval/PQ" in r]
-    assert [r["iteration"] for r in losses] == [1, 3] and [r["iteration"] for r in evals] == [1, 3]
+    assert [r["iteration"] for r in losses] == [2, 4] and [r["iteration"] for r in evals] == [2, 4]  # iterations done
     for r in losses:
         parts = sum(r[k] for k in ("loss_pos_th", "loss_pos_st", "loss_seg_th", "loss_seg_st"))
         assert abs(r["total_loss"] - parts) < 1e-9 and r["lr"] > 0 and r["time"] > 0
     assert 0.0 <= evals[-1]["eval/PQ"] <= 100.0 and "eval/PQ_th" in evals[-1] and "eval/RQ_st" in evals[-1]
     assert summary["eval"]["num_images"] == 3
     assert summary["eval"]["panoptic"]["All"]["PQ"] == pytest.approx(evals[-1]["eval/PQ"])
-    assert (tmp_path / "eval" / "val" / "metrics_0000003.json").is_file()
+    assert (tmp_path / "eval" / "val" / "metrics_0000004.json").is_file()
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert (tmp_path / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary["loss_curve"] == str(tmp_path / "loss_curve.png")
@@ -142,7 +144,48 @@ def test_amp_on_cpu_trains(synth: Path, tmp_path: Path) -> None:
     assert all(0 < v < 100 for v in summary["losses"].values())
 
 
-# ---- subprocess runs: SIGKILL + resume, DDP ------------------------------------------------------------------
+def test_used_folder_is_refused_unless_resume_or_overwrite(synth: Path, tmp_path: Path) -> None:
+    data = _dataset(synth / "train")
+    train(_cfg("SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "1"), data, [],
+          TrainOptions(tmp_path, log_period=1, keep=0, tensorboard=False))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    cfg = _cfg("SOLVER.MAX_ITER", "1")
+    with pytest.raises(OutputInUseError, match="holds an earlier training run .*--resume.*--overwrite"):
+        Trainer(cfg, data, [], TrainOptions(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing touched
+    with pytest.raises(ValueError, match="give one"):
+        Trainer(cfg, data, [], TrainOptions(tmp_path, resume=True, overwrite=True))
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        Trainer(cfg, data, [], TrainOptions(tmp_path / "a_file"))
+
+    # --overwrite: the earlier run's checkpoints and metrics are gone, nothing of it mixes into the new one.
+    train(cfg, data, [], TrainOptions(tmp_path, log_period=1, tensorboard=False, overwrite=True))
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == [FINAL_CHECKPOINT]
+    assert [r["iteration"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1]
+    assert load_checkpoint_file(tmp_path / FINAL_CHECKPOINT)["iteration"] == 0
+
+
+def test_failed_final_save_keeps_and_names_the_last_good_checkpoint(synth: Path, tmp_path: Path) -> None:
+    """The final model cannot be written (here its path is taken by a folder, a real OS error at the rename):
+    a one-line OSError naming the file and the checkpoint to resume from, which is still there; no temporary file."""
+    cfg = _cfg("SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "1")
+    trainer = Trainer(cfg, _dataset(synth / "train"), [], TrainOptions(tmp_path, keep=1, tensorboard=False))
+    (tmp_path / FINAL_CHECKPOINT).mkdir(parents=True)
+    (tmp_path / FINAL_CHECKPOINT / "occupied").write_text("x")
+    with pytest.raises(TrainingWriteError) as err:
+        trainer.train()
+    message = str(err.value)
+    assert isinstance(err.value, OSError) and "\n" not in message
+    last_good = tmp_path / "model_0000001.pth"
+    assert message.startswith(f"{tmp_path / FINAL_CHECKPOINT}: cannot write the checkpoint")
+    assert f"the last good checkpoint is {last_good}" in message and "--resume" in message
+    assert load_checkpoint_file(last_good)["iteration"] == 1
+    assert (tmp_path / LAST_CHECKPOINT).read_text() == last_good.name
+    assert not list(tmp_path.glob(".*tmp*")), "a temporary file was left behind"
+
+
+# ---- subprocess runs: SIGKILL / Ctrl-C + resume, DDP ----------------------------------------------------------------
 def _cli(out: Path, data: Path, *extra: str) -> list[str]:
     """pfcn-train on the tiny setup; ``extra``: flags, then KEY VALUE overrides (applied after TINY's)."""
     flags: list[str] = []
@@ -150,7 +193,7 @@ def _cli(out: Path, data: Path, *extra: str) -> list[str]:
     for i, token in enumerate(extra):
         is_flag = token.startswith("--") or (i > 0 and extra[i - 1] == "--num-gpus")
         (flags if is_flag else overrides).append(token)
-    return [sys.executable, "-m", "pfcn.tools.train", "--config", str(SMALL), "--device", "cpu", "--output", str(out),
+    return [sys.executable, "-m", "pfcn.tools.train", "--config", str(SMALL), "--device", "cpu", "--out", str(out),
             "--train-dataset", str(data), "--no-eval", "--no-tensorboard", "--log-period", "1", *flags, *TINY[2:],
             *overrides]
 
@@ -164,12 +207,34 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint_file(path)["model"]
 
 
-def test_sigkill_and_resume_reproduce_the_uninterrupted_run(synth: Path, tmp_path: Path) -> None:
-    args = ["SOLVER.MAX_ITER", "12", "SOLVER.CHECKPOINT_PERIOD", "2"]
-    ref = subprocess.run(_cli(tmp_path / "ref", synth / "train", *args), env=_env(), capture_output=True, text=True,
+RESUME_ARGS = ["SOLVER.MAX_ITER", "12", "SOLVER.CHECKPOINT_PERIOD", "2"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(synth: Path, tmp_path_factory) -> Path:
+    """The uninterrupted 12-iteration run that interrupted and resumed runs must reproduce."""
+    out = tmp_path_factory.mktemp("reference") / "ref"
+    ref = subprocess.run(_cli(out, synth / "train", *RESUME_ARGS), env=_env(), capture_output=True, text=True,
                          timeout=600)
     assert ref.returncode == 0, ref.stderr
+    assert "metrics.jsonl" in ref.stdout and "TensorBoard" not in ref.stdout  # --no-tensorboard: no tb/ named
+    assert not (out / "tb").exists()
+    return out
 
+
+def _assert_same_run(ref: Path, out: Path) -> None:
+    a, b = _state(ref / FINAL_CHECKPOINT), _state(out / FINAL_CHECKPOINT)
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"resumed weights differ from the uninterrupted run: {different[:5]}"
+    # The metrics describe one run: every iteration once, same losses.
+    ref_losses = [(r["iteration"], r["total_loss"]) for r in read_metrics(ref / "metrics.jsonl")]
+    got_losses = [(r["iteration"], r["total_loss"]) for r in read_metrics(out / "metrics.jsonl")]
+    assert got_losses == ref_losses and [i for i, _ in ref_losses] == list(range(1, 13))
+
+
+def test_sigkill_and_resume_reproduce_the_uninterrupted_run(synth: Path, reference_run: Path, tmp_path: Path) -> None:
+    args = RESUME_ARGS
     out = tmp_path / "killed"
     proc = subprocess.Popen(_cli(out, synth / "train", *args), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -193,14 +258,45 @@ def test_sigkill_and_resume_reproduce_the_uninterrupted_run(synth: Path, tmp_pat
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from {out}" in resumed.stdout and f"at iteration {killed_at + 1}" in resumed.stdout
-    a, b = _state(tmp_path / "ref" / FINAL_CHECKPOINT), _state(out / FINAL_CHECKPOINT)
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"resumed weights differ from the uninterrupted run: {different[:5]}"
-    # The metrics describe one run: every iteration once, same losses.
-    ref_losses = [(r["iteration"], r["total_loss"]) for r in read_metrics(tmp_path / "ref" / "metrics.jsonl")]
-    got_losses = [(r["iteration"], r["total_loss"]) for r in read_metrics(out / "metrics.jsonl")]
-    assert got_losses == ref_losses and len(ref_losses) == 12
+    _assert_same_run(reference_run, out)
+
+
+def test_ctrl_c_stops_cleanly_with_a_checkpoint_and_resume_continues(synth: Path, reference_run: Path,
+                                                                     tmp_path: Path) -> None:
+    """SIGINT (Ctrl-C) mid-run: exit status 130, a checkpoint of the last finished iteration (between checkpoint
+    periods, so it is the interrupt's own), no traceback; --resume then reproduces the uninterrupted run."""
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen(_cli(out, synth / "train", *RESUME_ARGS), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(read_metrics(out / "metrics.jsonl")) < 3:  # in the loop, after its third iteration
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "the run made no progress"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Traceback" not in stdout
+    assert not (out / FINAL_CHECKPOINT).exists(), "the run finished before the interrupt; the test proves nothing"
+    name = (out / LAST_CHECKPOINT).read_text()
+    stopped_after = load_checkpoint_file(out / name)["iteration"] + 1
+    assert name == f"model_{stopped_after - 1:07d}.pth" and 3 <= stopped_after < 12
+    assert f"stopped by Ctrl-C after iteration {stopped_after}" in stdout and "--resume" in stdout
+    assert not list(out.glob(".*tmp*"))
+
+    again = subprocess.run(_cli(out, synth / "train", *RESUME_ARGS), env=_env(), capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 2 and "--resume" in again.stderr  # a used folder needs --resume or --overwrite
+    resumed = subprocess.run(_cli(out, synth / "train", "--resume", *RESUME_ARGS), env=_env(), capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"at iteration {stopped_after}" in resumed.stdout
+    _assert_same_run(reference_run, out)
 
 
 def _losses(path: Path) -> list[dict[str, float]]:
@@ -240,7 +336,7 @@ def test_two_gloo_processes_match_one_process(synth: Path, single_process_run: P
     assert run.returncode == 0, run.stderr
     assert "2 process(es), 2 image(s) per batch per process" in run.stdout
     one, two = _losses(single_process_run), _losses(out)
-    assert [r["iteration"] for r in one] == [r["iteration"] for r in two] == [0, 1, 2, 3]
+    assert [r["iteration"] for r in one] == [r["iteration"] for r in two] == [1, 2, 3, 4]
     keys = ("loss_pos_th", "loss_pos_st", "loss_seg_th", "loss_seg_st")
     if global_norm:
         for a, b in zip(one[:2], two[:2]):
