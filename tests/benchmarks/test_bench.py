@@ -20,8 +20,8 @@ from pfcn.predictor import default_meta
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
-SIZE = (64, 96)  # resized to 128x192 by the small config's test resize
-NET = (128, 192)
+SIZE = (64, 96)  # resized to 85x128 by the small config (max side 128): network canvas 96x128
+NET = (96, 128)
 
 
 @pytest.fixture(scope="module")
