@@ -316,19 +316,20 @@ def _profile_rows(rows: list[dict], plan: list[dict], pools: dict, args: argpars
     from pfcn.runtime.backend import canvas_for
     from pfcn.runtime.ort import OrtBackend
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    profiles = out_dir / "profiles"
+    profiles.mkdir(parents=True, exist_ok=True)
     for r, entry in zip(rows, plan):
         if entry["kind"] != "onnxruntime":
             continue
         backend = OrtBackend(entry["model"].path, device=args.device, threads=args.threads, batch_size=args.batch,
-                             profile=out_dir / "ort_profile")
+                             profile=profiles / Path(entry["model"].path).stem)
         images = pools[entry["size"]][: min(args.batch, backend.max_batch())]
         canvas, sizes = canvas_for(backend, images)
         for _ in range(2):  # the first run allocates; the profile is read from the last
             backend.run(canvas, sizes)
         path = backend.end_profiling()
         r["profile"] = profile_by_stage(path, last_run_only=True)
-        r["profile"]["file"] = path.name
+        r["profile"]["file"] = f"profiles/{path.name}"
         backend.close()
 
 
