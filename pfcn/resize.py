@@ -25,6 +25,17 @@ _SPLIT_BITS = 11
 _FAR = 1 << 40  # farther than any tent reaches, small enough for int64 arithmetic
 
 
+def static_shapes_required(t: torch.Tensor) -> bool:
+    """Whether this code is being traced, exported or compiled (or runs on shapes only): then no value may pick a
+    shape or a branch. Plain eager runs may take value-dependent shortcuts that give the same results."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return True
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and (compiler.is_compiling() or getattr(compiler, "is_exporting", lambda: False)()):
+        return True
+    return type(t) is not torch.Tensor or t.device.type == "meta"  # fake/functional tensors of torch.export
+
+
 def shortest_edge_size(sizes: torch.Tensor, short: int, max_size: int) -> torch.Tensor:
     """Resized (h, w) of each image by detectron2's ResizeShortestEdge rule, in exact integer arithmetic.
 
@@ -232,9 +243,21 @@ def pil_bilinear_resize(images: torch.Tensor, sizes: torch.Tensor, out_sizes: to
     halves_w = _split_weights(pil_bilinear_matrix(sizes[:, 1], out_sizes[:, 1], images.shape[3], wn))  # [B, 2wn, W]
     halves_h = _split_weights(pil_bilinear_matrix(sizes[:, 0], out_sizes[:, 0], images.shape[2], hn))  # [B, 2hn, H]
     x = images.to(torch.float32)
-    width_first = _fixed_point_pass(_fixed_point_pass(x, halves_w, along_width=True), halves_h, along_width=False)
+    vertical_first = pil_vertical_first(sizes, out_sizes)
+    # Eager runs compute only the pass order that the batch needs (the same arithmetic, half the work); a static
+    # graph computes both and selects per image.
+    order = "both"
+    if not static_shapes_required(vertical_first):
+        n_vertical = int(vertical_first.sum())
+        order = "height" if n_vertical == vertical_first.numel() else "width" if n_vertical == 0 else "both"
+    if order != "height":
+        width_first = _fixed_point_pass(_fixed_point_pass(x, halves_w, along_width=True), halves_h, along_width=False)
+        if order == "width":
+            return width_first
     height_first = _fixed_point_pass(_fixed_point_pass(x, halves_h, along_width=False), halves_w, along_width=True)
-    return torch.where(pil_vertical_first(sizes, out_sizes).reshape(-1, 1, 1, 1), height_first, width_first)
+    if order == "height":
+        return height_first
+    return torch.where(vertical_first.reshape(-1, 1, 1, 1), height_first, width_first)
 
 
 def pil_vertical_first(sizes: torch.Tensor, out_sizes: torch.Tensor) -> torch.Tensor:

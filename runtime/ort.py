@@ -12,7 +12,7 @@ from typing import Any, Hashable, Mapping
 
 import numpy as np
 
-from pfcn.contract import E2E_INPUTS, ArtifactError, ArtifactInfo
+from pfcn.contract import E2E_INPUTS, NETWORK_INPUTS, ArtifactError, ArtifactInfo
 
 # --providers values and the ONNX Runtime execution providers they stand for (in preference order).
 PROVIDERS = {
@@ -65,12 +65,17 @@ class OrtBackend:
         threads: intra-op threads (None: ONNX Runtime's choice).
         batch_size: images per run for a dynamic-batch graph.
         optimized_model: where to save the session's optimized graph (reloaded faster next time), or None.
+        graph: "e2e" (the default: a model that gives panoptic results) or "network", which pfcn-bench times to
+            split an end-to-end time into network and the rest; ``run`` then takes the resized network canvas and
+            the resized sizes, and returns ``pfcn.contract.NETWORK_OUTPUTS``.
+        profile: a file prefix to turn on ONNX Runtime's per-node profiling (``end_profiling`` writes the JSON).
     """
 
     name = "onnxruntime"
 
     def __init__(self, path: str | Path, providers: str | list[str] | None = "auto", device: str = "cpu",
-                 threads: int | None = None, batch_size: int = 1, optimized_model: str | Path | None = None):
+                 threads: int | None = None, batch_size: int = 1, optimized_model: str | Path | None = None,
+                 graph: str = "e2e", profile: str | Path | None = None):
         ort = _ort()
         self.path = Path(path)
         if not self.path.is_file():
@@ -78,8 +83,12 @@ class OrtBackend:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1  # one graph runs sequentially: a second pool only competes for cores
         if optimized_model:
             options.optimized_model_filepath = str(optimized_model)
+        if profile:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(profile)
         options.log_severity_level = 3  # errors only: ONNX Runtime's warnings about unused initializers are noise
         self.providers = choose_providers(providers, device)
         try:
@@ -90,10 +99,16 @@ class OrtBackend:
                                 "written by pfcn-export?") from None
         props = dict(self.session.get_modelmeta().custom_metadata_map)
         self.info = ArtifactInfo.from_metadata(props, str(self.path))
-        self.info.require_e2e()
+        if graph == "e2e":
+            self.info.require_e2e()
+        elif graph != "network" or self.info.graph != "network":
+            raise ArtifactError(f"{self.path}: a {self.info.graph!r} graph opened as {graph!r}; open it as "
+                                f"graph={self.info.graph!r}")
+        expected = E2E_INPUTS if graph == "e2e" else NETWORK_INPUTS
         inputs = [i.name for i in self.session.get_inputs()]
-        if tuple(inputs) != E2E_INPUTS:
-            raise ArtifactError(f"{self.path}: inputs {inputs} are not pfcn's {list(E2E_INPUTS)}")
+        if tuple(inputs) != expected:
+            raise ArtifactError(f"{self.path}: inputs {inputs} are not pfcn's {list(expected)}")
+        self.input_names = expected
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.batch_size = max(1, int(batch_size))
         self.device = device
@@ -107,8 +122,8 @@ class OrtBackend:
         return self.info.batch or self.batch_size
 
     def run(self, canvas: np.ndarray, sizes: np.ndarray) -> Mapping[str, Any]:
-        feed = {"images": np.ascontiguousarray(canvas, dtype=np.uint8),
-                "sizes": np.ascontiguousarray(sizes, dtype=np.int64)}
+        feed = {self.input_names[0]: np.ascontiguousarray(canvas, dtype=np.uint8),
+                self.input_names[1]: np.ascontiguousarray(sizes, dtype=np.int64)}
         if not self._binding:
             return dict(zip(self.output_names, self.session.run(None, feed)))
         device_id = int(self.device.split(":")[1]) if ":" in self.device else 0
@@ -119,6 +134,10 @@ class OrtBackend:
             binding.bind_output(name, "cuda", device_id)
         self.session.run_with_iobinding(binding)
         return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
+
+    def end_profiling(self) -> Path:
+        """Stop profiling (opened with ``profile``) and return the JSON file ONNX Runtime wrote."""
+        return Path(self.session.end_profiling())
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
