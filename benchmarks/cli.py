@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from pfcn.contract import ArtifactError
+
+from pfcn.arguments import add_progress_arg, run_cli
 
 from . import report
 from .environment import environment, machine_name
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--against", metavar="NEW_JSON", help="with --compare and no --model: compare two result files")
     p.add_argument("--max-regression", type=float, default=0.1,
                    help="allowed slow-down of a row's median for --compare (default 0.1 = 10 %%)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_arg(p)
     return p
 
 
@@ -388,13 +389,7 @@ def _main(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pfcn.tools.common import run_cli
-
-    try:
-        return run_cli(_main, argv)
-    except ArtifactError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pfcn.contract import E2E_INPUTS, E2E_OUTPUTS, NETWORK_INPUTS, NETWORK_OUTPUTS  # noqa: F401 (re-exported)
 from pfcn.inference import OUTPUT_NAMES, InferenceParams, dataset_category_ids, generate_kernels
 from pfcn.metadata import CategoryMeta
 from pfcn.model import PanopticFCN

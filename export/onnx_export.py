@@ -20,12 +20,12 @@ import torch
 
 import pfcn
 from pfcn.config import cfg_to_yaml, config_hash
-from pfcn.contract import ArtifactError, decode_metadata
+from pfcn.contract import E2E_INPUTS, E2E_OUTPUTS, NETWORK_INPUTS, NETWORK_OUTPUTS, ArtifactError, decode_metadata
 from pfcn.inference import PanopticMerge
 from pfcn.metadata import CategoryMeta
 from pfcn.model import PanopticFCN
 
-from .graphs import E2E_INPUTS, E2E_OUTPUTS, NETWORK_INPUTS, NETWORK_OUTPUTS, EndToEndGraph, NetworkGraph
+from .graphs import EndToEndGraph, NetworkGraph
 from .symbolics import DEFORM_CONV_OPSET, model_needs_deform, register_symbolics
 
 MAX_SIDE = 16384  # a sanity bound on exported input sides

@@ -11,7 +11,6 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .backbone import FPN, ResNet
 from .heads import FeatureEncoder, KernelGenerator, KernelHead, PositionHead, SemanticFPN

@@ -16,7 +16,7 @@ import torchvision
 
 from pfcn.config import load_config
 from pfcn.export.check import check_onnx
-from pfcn.export.graphs import NETWORK_OUTPUTS
+from pfcn.contract import NETWORK_OUTPUTS
 from pfcn.export.onnx_export import ExportError, export_onnx, read_metadata
 from pfcn.export.symbolics import register_symbolics
 from pfcn.inference import fuse_thing_kernels, stuff_kernels, thing_candidates
