@@ -2,6 +2,13 @@
 
 Both run on the same head outputs of calibrated random-weight models, over seeds, image sizes and threshold settings,
 including the empty cases. The oracle is tests/pfcn/oracle.py.
+
+Expectations: the same segments, categories and instances, and at least 99.998 % identical panoptic pixels (on the
+small images of the default run that means every pixel). What may still differ is rounding at a true tie: the
+resize back to the original size follows the official two interpolations with PyTorch's own taps, but PyTorch's
+x86-64 kernel fuses each ``a * w0 + b * w1`` into one multiply-add, which a static ONNX graph cannot express, so a
+value may differ in its last bit and flip a pixel sitting exactly on the 0.4 mask threshold or on a stuff argmax tie
+(``test_resize_rounding_differs_only_in_the_last_bit`` measures it).
 """
 
 from __future__ import annotations
@@ -10,12 +17,22 @@ import numpy as np
 import pytest
 import torch
 
-from pfcn.inference import InferenceParams, postprocess
+from pfcn.config import load_config
+from pfcn.inference import InferenceParams, original_size_passes, postprocess, to_original_size
+from pfcn.model import build_model
 from pfcn.predictor import to_canvas
+from pfcn.random_init import calibrate_random_model
 
-from .oracle import oracle_inference
-from .parity import (R50_CONFIG, SMALL_CONFIG, calibrated_model, mask_iou, match_panoptic, sample_images,
+from .oracle import _to_original, oracle_inference
+from .parity import (R50_CONFIG, REPO, SMALL_CONFIG, calibrated_model, match_panoptic, sample_images,
                      synthetic_image)
+
+# Panoptic pixels identical after matching segment ids. The R50 cases reach 99.9989-99.9998 % at the official size
+# and 99.9985 % on the real photo at size 400: the rest comes from the stride-4 thing probabilities, which differ in
+# their last bits because pfcn embeds kernels with F.linear where the official code runs the 1x1 Conv2d.
+PIXEL_AGREEMENT = 0.99998
+SEMANTIC_AGREEMENT = 0.9999  # random-weight stuff maps are near-tied in many pixels: the fused multiply-add shows there
+MASK_DISAGREEMENT = 1e-5  # thing-mask pixels differing, over all instances
 
 THRESHOLD_SETS = [
     [],  # official defaults of the config
@@ -47,7 +64,8 @@ def run_both(model, cfg, image: np.ndarray):
     return {k: v[0].numpy() for k, v in static.items()}, oracle
 
 
-def compare(static: dict, oracle: dict, label: str) -> None:
+def compare(static: dict, oracle: dict, label: str) -> dict:
+    """Assert the tightened agreement and return the measured differences (pixel counts)."""
     valid = static["instance_valid"]
     o_inst = oracle["instances"]
     o_classes = np.asarray(o_inst["classes"]).reshape(-1)
@@ -55,8 +73,9 @@ def compare(static: dict, oracle: dict, label: str) -> None:
     np.testing.assert_array_equal(static["instance_classes"][valid], o_classes, err_msg=label)
     np.testing.assert_allclose(static["instance_scores"][valid], np.asarray(o_inst["scores"]).reshape(-1),
                                rtol=1e-4, atol=1e-6, err_msg=label)
-    for i, (a, b) in enumerate(zip(static["instance_masks"][valid], np.asarray(o_inst["masks"]))):
-        assert mask_iou(a, b) >= 0.99, f"{label}: instance {i} mask IoU {mask_iou(a, b):.4f}"
+    masks_static, masks_oracle = static["instance_masks"][valid], np.asarray(o_inst["masks"])
+    mask_diff = int(np.logical_xor(masks_static, masks_oracle).sum())
+    assert mask_diff <= MASK_DISAGREEMENT * max(masks_oracle.size, 1), f"{label}: {mask_diff} mask pixels differ"
 
     sem_oracle = oracle["sem_seg"].argmax(0).numpy()
     v = static["segment_valid"]
@@ -67,11 +86,14 @@ def compare(static: dict, oracle: dict, label: str) -> None:
                                static["semantic"], sem_oracle)
     assert agreement.unmatched_a == 0 and agreement.unmatched_b == 0, f"{label}: {agreement}"
     assert agreement.category_mismatch == 0, f"{label}: {agreement}"
-    assert agreement.pixel_agreement >= 0.999, f"{label}: {agreement}"
-    assert agreement.semantic_agreement >= 0.999, f"{label}: {agreement}"
+    assert agreement.pixel_agreement >= PIXEL_AGREEMENT, f"{label}: {agreement}"
+    assert agreement.semantic_agreement >= SEMANTIC_AGREEMENT, f"{label}: {agreement}"
     # the segment table agrees with the id map it describes
     for sid, area in zip(static["segment_ids"][v], static["segment_areas"][v]):
         assert (static["panoptic"] == sid).sum() == area, f"{label}: segment {sid} area"
+    pixels = static["panoptic"].size
+    return {"panoptic": round((1 - agreement.pixel_agreement) * pixels), "semantic": int((static["semantic"]
+            != sem_oracle).sum()), "masks": mask_diff, "pixels": pixels}
 
 
 SIZES = [(96, 128), (130, 97), (64, 200), (160, 160), (45, 61)]
@@ -115,6 +137,57 @@ def test_r50_matches_oracle_on_real_photo():
         static, oracle = run_both(model, cfg, image)
         assert static["segment_valid"].sum() >= 2, "the calibrated R50 should produce several segments"
         compare(static, oracle, f"R50 photo {k}")
+
+
+def calibrated_r50(config, image: np.ndarray, seed: int):
+    """An R50-type model calibrated on ``image`` at test size 400 (a fraction of the memory), run at the config's."""
+    cfg = load_config(config, ["MODEL.DEVICE", "cpu"])
+    torch.manual_seed(seed)
+    model = build_model(cfg).eval()
+    keep = model.min_size_test, model.max_size_test
+    model.min_size_test, model.max_size_test = 400, 666
+    calibrate_random_model(model, [image], seed=seed)
+    model.min_size_test, model.max_size_test = keep
+    return model, cfg
+
+
+# Original sizes at the official test size (shortest edge 800): measured differences with pfcn's embedding as of
+# this test (panoptic / semantic / thing-mask pixels): 2 / 7 / 5, 1 / 6 / 5, 3 / 16 / 7, Star 1 / 15 / 6.
+R50_CASES = {"480x640": (R50_CONFIG, (480, 640), 0), "600x900": (R50_CONFIG, (600, 900), 1),
+             "512x512": (R50_CONFIG, (512, 512), 2),
+             "star_photo": (REPO / "configs" / "PanopticFCN-Star-R50-3x.yaml", None, 3)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(R50_CASES))
+def test_r50_at_official_size_matches_oracle(case):
+    config, size, seed = R50_CASES[case]
+    image = synthetic_image(*size, seed) if size is not None else sample_images()[0]
+    model, cfg = calibrated_r50(config, image, seed)
+    static, oracle = run_both(model, cfg, image)
+    assert static["segment_valid"].sum() >= 2, "the calibrated model should produce several segments"
+    compare(static, oracle, f"R50 {case}")
+
+
+def test_resize_rounding_differs_only_in_the_last_bit():
+    """The static resize against the official two ``F.interpolate`` calls, on the very same stride-4 maps.
+
+    Same taps, same order: every value is within a few float32 ulps of the official one (the fused multiply-add of
+    PyTorch's kernel rounds once where the graph rounds twice); thresholded masks agree but for values on the
+    threshold. Measured here: about a third of the values differ in the last bits, no mask pixel flips.
+    """
+    gen = torch.Generator().manual_seed(0)
+    resized, original, feat = (150, 220), (171, 250), (40, 56)
+    maps = torch.rand(1, 30, *feat, generator=gen)
+    passes = original_size_passes(torch.tensor([resized]), torch.tensor([original]), feat, (180, 256), 4)
+    ours = torch.cat([part for _, part in to_original_size(maps, passes)], dim=3).permute(0, 3, 1, 2)[0]
+    assert not ours[:, original[0]:].any() and not ours[:, :, original[1]:].any()  # padding stays zero
+    ours = ours[:, : original[0], : original[1]]
+    official = _to_original(maps, 4, resized, original)
+    assert (ours - official).abs().max() <= 4 * torch.finfo(torch.float32).eps  # maps in [0, 1]: a few last bits
+    assert torch.equal(ours > 0.4, official > 0.4)
+    differing = (ours != official).float().mean().item()
+    assert differing < 0.5, differing
 
 
 def test_batch_equals_single_images():
