@@ -123,15 +123,25 @@ class FeatureEncoder(nn.Module):
 
 
 class KernelGenerator(nn.Module):
-    """The 1x1 conv that turns gathered C-d kernel weights into E-d mask kernels (thing or stuff)."""
+    """The 1x1 conv that turns gathered C-d kernel weights into E-d mask kernels (thing or stuff).
 
-    def __init__(self, in_channels: int, embed_dims: int):
+    The official code runs this conv on the thing kernels laid out as one ``[1, C, N, 1]`` map and on the stuff
+    kernels as a batch of ``[S, C, 1, 1]`` maps; ``rows_as_batch`` chooses the same layout, so that the convolution
+    kernel (and with it every rounding) is the official one: the embedded kernels are then bit-identical.
+    """
+
+    def __init__(self, in_channels: int, embed_dims: int, rows_as_batch: bool = False):
         super().__init__()
         self.embed_extractor = Conv2d(in_channels, embed_dims, 1)
+        self.rows_as_batch = rows_as_batch
         nn.init.normal_(self.embed_extractor.weight, std=0.01)
         nn.init.zeros_(self.embed_extractor.bias)
 
     def forward(self, kernels: torch.Tensor) -> torch.Tensor:
-        """Embed kernels given as ``[..., C]`` rows into ``[..., E]`` (a 1x1 conv is a linear map per row)."""
-        weight = self.embed_extractor.weight.flatten(1)  # [E, C]
-        return F.linear(kernels, weight, self.embed_extractor.bias)
+        """Embed kernels given as ``[B, N, C]`` rows into ``[B, N, E]``."""
+        b, n, c = kernels.shape
+        if self.rows_as_batch:  # [B * N, C, 1, 1]
+            out = self.embed_extractor(kernels.reshape(b * n, c, 1, 1))
+            return out.reshape(b, n, -1)
+        out = self.embed_extractor(kernels.transpose(1, 2).unsqueeze(-1))  # [B, C, N, 1] -> [B, E, N, 1]
+        return out.squeeze(-1).transpose(1, 2)

@@ -175,7 +175,7 @@ def build_model(cfg) -> PanopticFCN:
     ker = m.KERNEL_HEAD
     kernel_head = KernelHead(m.FPN.OUT_CHANNELS, ker.CONVS_DIM, ker.NUM_CONVS, ker.DEFORM, ker.COORD, ker.NORM)
     thing_generator = KernelGenerator(ker.CONVS_DIM, enc.CONVS_DIM)
-    stuff_generator = KernelGenerator(ker.CONVS_DIM, enc.CONVS_DIM)
+    stuff_generator = KernelGenerator(ker.CONVS_DIM, enc.CONVS_DIM, rows_as_batch=True)
     if len(enc.IN_FEATURES) != 5:
         raise ValueError(f"MODEL.FEATURE_ENCODER.IN_FEATURES={list(enc.IN_FEATURES)}: PanopticFCN uses 5 levels")
     return PanopticFCN(fpn, semantic_fpn, feature_encoder, position_head, kernel_head, thing_generator,

@@ -6,5 +6,6 @@ from pfcn.benchmarks.official import (  # noqa: F401 (re-exported for the tests)
     OfficialInferenceError,
     _fuse_thing_kernels,
     _level_stuff,
+    _to_original,
     oracle_inference,
 )
