@@ -230,6 +230,18 @@ void fill_segments(const pfcn_model& m, const std::vector<at::Tensor>& outs, pfc
 
 std::string size_text(int h, int w) { return std::to_string(h) + "x" + std::to_string(w); }
 
+// A package that libtorch cannot open, as a Failure that says what to do.
+[[noreturn]] void load_failure(const std::string& path, const std::exception& e) {
+    std::string why = e.what();
+    if (const auto* ce = dynamic_cast<const c10::Error*>(&e)) why = ce->what_without_backtrace();
+    if (why.find("Could not find schema for") != std::string::npos)  // an operator from another library
+        throw Failure(PFCN_ERROR_ARTIFACT, path + ": the package calls an operator that is not loaded (" + why +
+                                               "); load its library first with pfcn_load_op_library (torchvision's "
+                                               "operator library for deformable convolutions)");
+    throw Failure(PFCN_ERROR_ARTIFACT,
+                  path + ": not a loadable AOTInductor package (" + why + "); export one with pfcn-export --format aoti");
+}
+
 }  // namespace
 
 extern "C" {
@@ -279,14 +291,11 @@ pfcn_status pfcn_open(const char* path, const char* device, pfcn_model** out) {
         require(std::ifstream(path, std::ios::binary).good(), PFCN_ERROR_FILE,
                 m->path + ": no such file or not readable");
         try {
-            const c10::DeviceIndex index = m->device.is_cuda() && m->device.has_index() ? m->device.index() : -1;
-            m->loader = std::make_unique<torch::inductor::AOTIModelPackageLoader>(m->path, "model", false, 1, index);
-            m->metadata = m->loader->get_metadata();
+            // read from the archive before its shared library is loaded: a package for another device, or one
+            // that is not pfcn's, gets a clear message instead of a loader failure
+            m->metadata = torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(m->path, "model");
         } catch (const std::exception& e) {
-            std::string why = e.what();
-            if (const auto* ce = dynamic_cast<const c10::Error*>(&e)) why = ce->what_without_backtrace();
-            throw Failure(PFCN_ERROR_ARTIFACT, m->path + ": not a loadable AOTInductor package (" + why +
-                                                   "); export one with pfcn-export --format aoti");
+            load_failure(m->path, e);
         }
         require(m->metadata.count("pfcn_version") > 0, PFCN_ERROR_ARTIFACT,
                 m->path + ": no pfcn metadata (key 'pfcn_version' missing); this package was not written by "
@@ -294,12 +303,20 @@ pfcn_status pfcn_open(const char* path, const char* device, pfcn_model** out) {
         for (const char* key : {"categories", "input_spec"})
             require(m->metadata.count(key) > 0, PFCN_ERROR_ARTIFACT,
                     m->path + ": pfcn metadata lacks '" + key + "'; re-export it with this pfcn version");
-        if (auto it = m->metadata.find("AOTI_DEVICE_KEY"); it != m->metadata.end()) {
+        auto it = m->metadata.find("device");  // pfcn's key; AOTInductor's own one otherwise
+        if (it == m->metadata.end()) it = m->metadata.find("AOTI_DEVICE_KEY");
+        if (it != m->metadata.end()) {
             const std::string built = it->second;
             const std::string asked = m->device.is_cuda() ? "cuda" : "cpu";
             require(built == asked, PFCN_ERROR_ARGUMENT,
                     m->path + ": the package was compiled for '" + built + "' but device '" +
                         (device ? device : "cpu") + "' was asked; export it for that device or open it on " + built);
+        }
+        try {
+            const c10::DeviceIndex index = m->device.is_cuda() && m->device.has_index() ? m->device.index() : -1;
+            m->loader = std::make_unique<torch::inductor::AOTIModelPackageLoader>(m->path, "model", false, 1, index);
+        } catch (const std::exception& e) {
+            load_failure(m->path, e);
         }
         try {
             read_categories(*m);
