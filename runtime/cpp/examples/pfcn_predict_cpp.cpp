@@ -133,7 +133,12 @@ int run(int argc, char** argv) {
 
     pfcn::Model model(model_path, device);
     std::vector<std::pair<int, std::string>> names;
-    for (const auto& c : model.categories()) names.emplace_back(c.id, c.name);
+    std::string categories_json;  // as in pfcn-predict's panoptic.json: id, name, isthing
+    for (const auto& c : model.categories()) {
+        names.emplace_back(c.id, c.name);
+        categories_json += std::string(categories_json.empty() ? "" : ", ") + "{\"id\": " + std::to_string(c.id) +
+                           ", \"name\": " + quote(c.name) + ", \"isthing\": " + std::to_string(c.isthing) + "}";
+    }
     auto name_of = [&](int id) {
         for (const auto& [cid, name] : names)
             if (cid == id) return name;
@@ -199,7 +204,7 @@ int run(int argc, char** argv) {
     }
     std::string panoptic = "{\"annotations\": [";
     for (size_t k = 0; k < annotations.size(); ++k) panoptic += (k ? ", " : "") + annotations[k];
-    panoptic += "], \"categories\": " + model.metadata("categories") + ", \"semantic_folder\": \"semantic\"}\n";
+    panoptic += "], \"categories\": [" + categories_json + "], \"semantic_folder\": \"semantic\"}\n";
     write_text(out + "/panoptic.json", panoptic);  // last: a folder with a panoptic.json is complete
 
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
