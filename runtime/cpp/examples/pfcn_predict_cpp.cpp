@@ -108,8 +108,10 @@ int run(int argc, char** argv) {
             std::cout << kUsage;
             return 0;
         }
-        if ((a == "--device" || a == "--op-library") && i + 1 < argc) {
-            (a == "--device" ? device : (op_libraries.emplace_back(), op_libraries.back())) = argv[++i];
+        if (a == "--device" && i + 1 < argc) {
+            device = argv[++i];
+        } else if (a == "--op-library" && i + 1 < argc) {
+            op_libraries.push_back(argv[++i]);
         } else if (a.rfind("--", 0) == 0) {
             std::cerr << "pfcn_predict_cpp: unknown or incomplete option " << a << "\n" << kUsage;
             return 2;
