@@ -75,9 +75,10 @@ def build(build_dir: str | Path, jobs: int | None = None, build_type: str = "Rel
     start = time.perf_counter()
     cache = build_dir / "CMakeCache.txt"
     root = torch_root()
-    stale = cache.is_file() and (f"PFCN_TORCH_ROOT:PATH={root}" not in cache.read_text()
-                                 or f"CMAKE_GENERATOR:INTERNAL={generator}" not in cache.read_text())
-    if stale:  # another torch or generator: start over rather than mix two libtorch builds
+    wanted = (f"PFCN_TORCH_ROOT:PATH={root}", f"CMAKE_GENERATOR:INTERNAL={generator}",
+              f"CMAKE_HOME_DIRECTORY:INTERNAL={SOURCE}")
+    stale = cache.is_file() and not all(line in cache.read_text().splitlines() for line in wanted)
+    if stale:  # another torch, generator or source folder: start over rather than mix two builds
         shutil.rmtree(build_dir)
     if not cache.is_file() or stale:
         build_dir.mkdir(parents=True, exist_ok=True)
