@@ -10,6 +10,7 @@ compiler, libjpeg/libpng headers, patchelf) skip with the reason; a build that r
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import zipfile
@@ -76,8 +77,6 @@ def small(tmp_path_factory, photos):
 
 
 def _run(cmd: list, env: dict | None = None) -> subprocess.CompletedProcess:
-    import os
-
     return subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env={**os.environ, **(env or {})}, timeout=900)
 
