@@ -5,6 +5,8 @@
                 [--graph e2e|network] [--opset N] [KEY VALUE ...]
     pfcn-export --format engine --onnx model.onnx --out model.engine [--precision P] [--profile MIN OPT MAX]
                 [--workspace GIB] [--timing-cache FILE]
+    pfcn-export --format aoti --model W [--config C] --out model.pt2 [--input-size H W] [--batch N]
+                [--device cpu|cuda] [--precision fp32|fp16]
     pfcn-export --check model.onnx
 """
 
@@ -25,8 +27,9 @@ from .onnx_export import export_onnx
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("pfcn-export", __doc__)
     p.add_argument("--check", metavar="ONNX", help="only check an ONNX file (ONNX checker + TensorRT report)")
-    p.add_argument("--format", default="onnx", choices=["onnx", "engine"],
-                   help="onnx: a static ONNX graph from a checkpoint; engine: a TensorRT engine from --onnx")
+    p.add_argument("--format", default="onnx", choices=["onnx", "engine", "aoti"],
+                   help="onnx: a static ONNX graph from a checkpoint; engine: a TensorRT engine from --onnx; "
+                        "aoti: an AOTInductor .pt2 package from a checkpoint")
     p.add_argument("--out", default="model.onnx", help="output path")
     p.add_argument("--graph", default="e2e", choices=["e2e", "network"],
                    help="e2e: uint8 images + sizes -> panoptic result; network: resized images -> kernels + feature")
@@ -42,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-check", action="store_true", help="skip the check of the exported file")
     add_model_args(p, device=False, runtime=False)  # export traces on the CPU
     add_engine_args(p)
+    p.add_argument_group("AOTInductor package (--format aoti)").add_argument(
+        "--device", default=None, help="cpu (default) or cuda: the device the package is compiled for "
+                                       "(--precision fp32, or fp16 on cuda)")
     return p
 
 
@@ -66,6 +72,8 @@ def _main(argv: list[str] | None) -> int:
         print("pfcn-export: WARNING: exporting random weights (--random-weights); the graph's outputs mean nothing",
               file=sys.stderr)
     start = time.perf_counter()
+    if args.format == "aoti":
+        return _aoti(args, predictor, cfg, weights, start)
     out = export_onnx(predictor.model, cfg, predictor.meta, args.out, graph=args.graph,
                       input_size=tuple(args.input_size) if args.input_size else None,
                       dynamic=tuple(args.dynamic) if args.dynamic else None, batch=args.batch,
@@ -81,6 +89,33 @@ def _main(argv: list[str] | None) -> int:
     config = f" --config {args.config}" if args.config else ""
     print(f"next: pfcn-predict IMAGES --model {out}")
     print(f"next: pfcn-parity --model {out}{ref}{config} --images DIR")
+    return 0
+
+
+def _aoti(args, predictor, cfg, weights, start: float) -> int:
+    """``--format aoti``: compile the e2e pipeline into a .pt2 package (the default --out becomes model.pt2)."""
+    from .aoti import export_aoti
+
+    out = Path(args.out)
+    if out.suffix.lower() == ".onnx":  # the exporter's default --out
+        out = out.with_suffix(".pt2")
+    if args.graph != "e2e":
+        raise ValueError("--format aoti packages the e2e graph only (drop --graph network)")
+    if args.dynamic_batch:
+        raise ValueError("--format aoti: packages have a fixed batch; use --batch N")
+    device, precision = args.device or "cpu", args.precision or "fp32"
+    out = export_aoti(predictor.model, cfg, predictor.meta, out,
+                      input_size=tuple(args.input_size) if args.input_size else None,
+                      dynamic=tuple(args.dynamic) if args.dynamic else None, batch=args.batch, device=device,
+                      precision=precision)
+    size_mb = Path(out).stat().st_size / 2**20
+    print(f"pfcn-export: wrote {out} ({size_mb:.1f} MB, AOTInductor {device} {precision}) in "
+          f"{time.perf_counter() - start:.1f} s")
+    ref = f" --reference {weights}" if weights else " --random-weights"
+    config = f" --config {args.config}" if args.config else ""
+    flag = f" --device {device}" if device != "cpu" else ""
+    print(f"next: pfcn-predict IMAGES --model {out}{flag}")
+    print(f"next: pfcn-parity --model {out}{ref}{config}{flag} --images DIR")
     return 0
 
 

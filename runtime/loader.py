@@ -3,6 +3,7 @@
     model = open_model("model.onnx")                 # ONNX Runtime (CPU, or CUDA with --device cuda)
     model = open_model("model_final.pth")            # PyTorch, config read from the checkpoint
     model = open_model("model.engine", device="cuda")  # TensorRT
+    model = open_model("model.pt2")                  # AOTInductor package (on the device it was compiled for)
     results = predict(model, [image])                # pfcn.runtime.backend.predict
 
 The backend is chosen by the file's suffix; its metadata (categories, input spec, precision) comes from the artifact.
@@ -21,11 +22,12 @@ from .backend import Backend
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".pkl")
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-SUFFIXES = CHECKPOINT_SUFFIXES + ONNX_SUFFIXES + ENGINE_SUFFIXES
+AOTI_SUFFIXES = (".pt2",)
+SUFFIXES = CHECKPOINT_SUFFIXES + ONNX_SUFFIXES + ENGINE_SUFFIXES + AOTI_SUFFIXES
 
 
 def artifact_kind(path: str | Path) -> str:
-    """"checkpoint", "onnx" or "engine" for a path, by suffix; ArtifactError naming the accepted suffixes."""
+    """"checkpoint", "onnx", "engine" or "aoti" for a path, by suffix; ArtifactError naming the accepted suffixes."""
     suffix = Path(path).suffix.lower()
     if suffix in CHECKPOINT_SUFFIXES:
         return "checkpoint"
@@ -33,6 +35,8 @@ def artifact_kind(path: str | Path) -> str:
         return "onnx"
     if suffix in ENGINE_SUFFIXES:
         return "engine"
+    if suffix in AOTI_SUFFIXES:
+        return "aoti"
     raise ArtifactError(f"{path}: unknown artifact type {suffix or '(no suffix)'!r}; pfcn runs "
                         f"{', '.join(SUFFIXES)} files")
 
@@ -59,8 +63,9 @@ def open_model(path: str | Path | None, *, config: str | Path | None = None, ove
     """Open ``path`` with the backend its suffix calls for.
 
     Args:
-        path: a checkpoint (``.pth``/``.pt``/``.pkl``), an ONNX graph (``.onnx``) or a TensorRT engine
-            (``.engine``/``.plan``). None with ``random_weights`` builds an untrained PyTorch model from ``config``.
+        path: a checkpoint (``.pth``/``.pt``/``.pkl``), an ONNX graph (``.onnx``), a TensorRT engine
+            (``.engine``/``.plan``) or an AOTInductor package (``.pt2``). None with ``random_weights`` builds an
+            untrained PyTorch model from ``config``.
         config / overrides: the YAML and ``KEY VALUE`` overrides of a PyTorch model (default: the stored config).
         cfg: an already built config (instead of ``config``), for callers that have one.
         device: "cpu" or "cuda[:i]".
@@ -86,6 +91,10 @@ def open_model(path: str | Path | None, *, config: str | Path | None = None, ove
 
         # an engine runs on a GPU only: the CPU default means "the first GPU" here
         return TensorRTBackend(path, device=device if device.startswith("cuda") else "cuda", batch_size=batch_size)
+    if kind == "aoti":
+        from .aoti import AotiBackend
+
+        return AotiBackend(path, device=device, batch_size=batch_size)
     import torch
 
     from pfcn.predictor import Predictor
