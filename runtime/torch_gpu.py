@@ -19,6 +19,7 @@ exercise.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Mapping, Sequence
@@ -76,7 +77,10 @@ class MixedPrecisionGraph(nn.Module):
         x, resized = m.preprocess(images, sizes, self.net_size)  # FP32: PIL-exact resize and normalisation
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(x.device.type, dtype=self.half or torch.float32, enabled=self.half is not None):
+        # no cast cache: a CUDA graph must recompute the weight casts on every replay (autocast's cache would hand
+        # it tensors freed after capture)
+        with torch.autocast(x.device.type, dtype=self.half or torch.float32, enabled=self.half is not None,
+                            cache_enabled=False):
             heads = m.forward_features(x)
         heads = heads_to_fp32(heads)
         out = postprocess(heads, m.thing_generator, m.stuff_generator, resized, sizes, (h, w), m.params, m.merge)
@@ -251,8 +255,11 @@ class TorchGpuBackend:
     def from_predictor(cls, predictor: Predictor, **options) -> "TorchGpuBackend":
         """The fast path of an opened PyTorch model (``open_model("model.pth")``), same weights and categories."""
         info = predictor.info
-        return cls(predictor.model, info.meta, device=options.pop("device", str(predictor.device)),
-                   batch_size=options.pop("batch_size", predictor.batch_size), source=info.source, **options)
+        backend = cls(predictor.model, info.meta, device=options.pop("device", str(predictor.device)),
+                      batch_size=options.pop("batch_size", predictor.batch_size), source=info.source, **options)
+        props = dict(info.props, precision=backend.precision)  # the checkpoint's config and its hash
+        backend.info = dataclasses.replace(backend.info, props=props)
+        return backend
 
     # The protocol ------------------------------------------------------------------------------------------------
     def group_key(self, h: int, w: int) -> Hashable:

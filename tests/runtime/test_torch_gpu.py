@@ -99,6 +99,15 @@ def test_reduced_precision_islands(small):
     assert {k: v.dtype for k, v in out.items()} == {k: v.numpy().dtype for k, v in ref.items()}
 
 
+def test_from_predictor_keeps_the_checkpoint_identity(small):
+    model, meta = small
+    base = Predictor(model, meta, cfg=None, source="weights.pth")
+    base.info.props["config_hash"] = "abc"
+    fast = TorchGpuBackend.from_predictor(base, precision="bf16", outputs="panoptic")
+    assert fast.info.config_hash == "abc" and fast.info.precision == "bf16" and fast.info.source == "weights.pth"
+    assert fast.name == "pytorch-fast" and fast.max_batch() == 1
+
+
 def test_bad_options(small):
     model, meta = small
     with pytest.raises(ValueError, match="precision fp16 runs on CUDA"):
