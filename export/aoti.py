@@ -13,7 +13,6 @@ package: ``import torchvision`` (Python) or link torchvision's operator library 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import sys
@@ -71,19 +70,24 @@ def package_metadata(model: PanopticFCN, cfg, meta: CategoryMeta, spec, precisio
     return props
 
 
-def autocast_for(device: str, precision: str):
-    """The autocast region an FP16 package is traced in (FP32 islands are the model's own autocast-disabled code)."""
-    if precision == "fp16":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
 def export_program(model: PanopticFCN, meta: CategoryMeta, spec, device: str = "cpu", precision: str = "fp32"):
-    """``torch.export`` of the end-to-end graph at the spec's fixed size; the ExportedProgram AOTInductor compiles."""
+    """``torch.export`` of the end-to-end graph at the spec's fixed size; the ExportedProgram AOTInductor compiles.
+
+    FP32 exports ``EndToEndGraph`` (the ONNX e2e graph's module). FP16 exports the fast path's
+    ``MixedPrecisionGraph``: the network body traced under FP16 autocast (GroupNorm and deformable convs stay FP32),
+    everything after the heads in FP32 — same inputs, same outputs in the same order.
+    """
     model = copy.deepcopy(model).eval().to(device)
-    module = EndToEndGraph(model, meta, spec.net_size).to(device).eval()
+    if precision == "fp16":
+        from pfcn.runtime.torch_gpu import MixedPrecisionGraph
+
+        module: torch.nn.Module = MixedPrecisionGraph(model, meta, spec.net_size, torch.float16, E2E_OUTPUTS,
+                                                      channels_last=True)
+    else:
+        module = EndToEndGraph(model, meta, spec.net_size)
+    module = module.to(device).eval()
     images, sizes = (t.to(device) for t in _example_inputs(model, spec))
-    with torch.no_grad(), autocast_for(device, precision):
+    with torch.no_grad():
         return torch.export.export(module, (images, sizes), strict=False)
 
 
@@ -97,7 +101,7 @@ def export_aoti(model: PanopticFCN, cfg, meta: CategoryMeta, out: str | Path,
         dynamic: not supported (ExportError with the alternatives): packages have a fixed size.
         batch: fixed batch size.
         device: "cpu" or "cuda[:i]": the package runs on this device type only.
-        precision: "fp32", or "fp16" (CUDA): traced under FP16 autocast.
+        precision: "fp32", or "fp16" (CUDA): the network body under FP16 autocast, post-processing in FP32.
     Compiling takes minutes (about 1.5 min for the small config on two CPU cores); progress goes to stderr.
     """
     out = Path(out)

@@ -105,8 +105,12 @@ class PanopticFCN(nn.Module):
         resized = shortest_edge_size(sizes, self.min_size_test, self.max_size_test)
         # An image whose resized size does not fit the canvas (a fixed-size graph fed an image of another aspect
         # ratio) is squeezed into it rather than cropped; within its own canvas this never triggers.
-        limit = torch.stack([torch.as_tensor(hn), torch.as_tensor(wn)]).to(resized).reshape(1, 2)
-        resized = torch.minimum(resized, limit)
+        if isinstance(hn, int) and isinstance(wn, int) and not torch.jit.is_tracing():
+            # device arithmetic only: no host-to-device copy, so a CUDA graph can capture the whole forward
+            resized = torch.stack([resized[:, 0].clamp(max=hn), resized[:, 1].clamp(max=wn)], 1)
+        else:  # a traced ONNX graph (the canvas may be a traced shape)
+            limit = torch.stack([torch.as_tensor(hn), torch.as_tensor(wn)]).to(resized).reshape(1, 2)
+            resized = torch.minimum(resized, limit)
         x = pil_bilinear_resize(images, sizes, resized, (hn, wn))  # [B, 3, hn, wn] integers 0..255
         return self.normalize_resized(x, resized, (hn, wn)), resized
 

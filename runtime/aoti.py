@@ -8,6 +8,7 @@ its registered ``torchvision::deform_conv2d`` operator.
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 from typing import Any, Hashable, Mapping
@@ -30,13 +31,33 @@ def read_package_metadata(path: str | Path) -> dict[str, str]:
                             "truncated); re-export it with pfcn-export --format aoti")
     import torch
 
+    loader = torch._C._aoti.AOTIModelPackageLoader
+    if not hasattr(loader, "load_metadata_from_package"):  # older torch: read the model's metadata JSON directly
+        return _metadata_from_zip(path)
     try:
-        props = torch._C._aoti.AOTIModelPackageLoader.load_metadata_from_package(str(path), MODEL_NAME)
+        props = loader.load_metadata_from_package(str(path), MODEL_NAME)
     except Exception as e:  # torch raises RuntimeError from C++ for an archive without an AOTInductor model
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ArtifactError(f"{path}: no AOTInductor model {MODEL_NAME!r} in this archive ({first}); is it a package "
                             "written by pfcn-export --format aoti (not a torch.export or torch.save file)?") from None
     return dict(props)
+
+
+def _metadata_from_zip(path: Path) -> dict[str, str]:
+    """The metadata map AOTInductor stores as ``<archive>/data/aotinductor/model/<hash>_metadata.json`` (the file
+    its C++ loader reads)."""
+    with zipfile.ZipFile(path) as archive:
+        names = [n for n in archive.namelist()
+                 if f"/data/aotinductor/{MODEL_NAME}/" in n and n.endswith("_metadata.json")]
+        for name in names:
+            try:
+                props = json.loads(archive.read(name))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                continue
+            if isinstance(props, dict) and "AOTI_DEVICE_KEY" in props:
+                return {str(k): str(v) for k, v in props.items()}
+    raise ArtifactError(f"{path}: no AOTInductor model {MODEL_NAME!r} in this archive; is it a package written by "
+                        "pfcn-export --format aoti (not a torch.export or torch.save file)?")
 
 
 def package_device(props: Mapping[str, str]) -> str:

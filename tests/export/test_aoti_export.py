@@ -26,7 +26,7 @@ from pfcn.export.onnx_export import ExportError
 from pfcn.metadata import CategoryMeta
 from pfcn.predictor import Predictor
 from pfcn.runtime import open_model, predict
-from pfcn.runtime.aoti import AotiBackend, read_package_metadata
+from pfcn.runtime.aoti import AotiBackend, _metadata_from_zip, read_package_metadata
 from pfcn.runtime.backend import canvas_for
 from pfcn.runtime.compare import result_agreement, tensor_errors
 from pfcn.tools.parity import main as parity_main
@@ -73,6 +73,7 @@ def test_package_carries_pfcn_metadata(package):
     assert props["device"] == "cpu" and props["AOTI_DEVICE_KEY"] == "cpu"
     assert json.loads(props["output_names"]) == list(E2E_OUTPUTS)
     assert props == read_package_metadata(package["pt2"])
+    assert props == _metadata_from_zip(package["pt2"])  # the reader for a torch without load_metadata_from_package
 
 
 def test_package_matches_eager(package):

@@ -1,0 +1,139 @@
+"""The PyTorch fast path: the static-buffer runner, the output sets and the reduced-precision islands on the CPU;
+CUDA graphs, FP16 and torch.compile against FP32 eager on a GPU (``gpu`` tests)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from pfcn.contract import E2E_OUTPUTS
+from pfcn.predictor import Predictor, default_meta
+from pfcn.runtime import predict
+from pfcn.runtime.backend import canvas_for
+from pfcn.runtime.compare import result_agreement
+from pfcn.runtime.torch_gpu import PANOPTIC_OUTPUTS, TorchGpuBackend, signature
+
+from ..pfcn.parity import SMALL_CONFIG, calibrated_model, synthetic_image
+
+H, W = 96, 128
+
+
+@pytest.fixture(scope="module")
+def small():
+    model, cfg = calibrated_model(SMALL_CONFIG, 0, [synthetic_image(H, W, 1)])
+    return model, default_meta(cfg)
+
+
+def _inputs(backend, *images):
+    return canvas_for(backend, list(images))
+
+
+def test_static_path_equals_predictor(small):
+    model, meta = small
+    eager, fast = Predictor(model, meta), TorchGpuBackend(model, meta, device="cpu", precision="fp32")
+    for seed in (3, 4):  # the second run reuses the first run's static buffers with new content
+        canvas, sizes = _inputs(fast, synthetic_image(H, W, seed))
+        out, ref = fast.run(canvas, sizes), eager.run(canvas, sizes)
+        assert list(out) == list(E2E_OUTPUTS)
+        for name, value in ref.items():
+            np.testing.assert_array_equal(out[name], value.numpy(), err_msg=name)
+    assert fast.runner.builds == 1
+
+
+def test_panoptic_output_set_leaves_masks_on_the_device(small):
+    model, meta = small
+    eager = Predictor(model, meta)
+    fast = TorchGpuBackend(model, meta, device="cpu", precision="fp32", outputs="panoptic")
+    assert "instance_masks" not in PANOPTIC_OUTPUTS and len(PANOPTIC_OUTPUTS) == len(E2E_OUTPUTS) - 1
+    images = [synthetic_image(H, W, 5), synthetic_image(80, 100, 6)]
+    canvas, sizes = _inputs(fast, images[0])
+    out = fast.run(canvas, sizes)
+    assert out["instance_masks"].shape == (1, out["instance_scores"].shape[1], 0, 0)
+    ref = eager.run(canvas, sizes)
+    for name in PANOPTIC_OUTPUTS:
+        np.testing.assert_array_equal(out[name], ref[name].numpy(), err_msg=name)
+    for a, b in zip(predict(eager, images), predict(fast, images)):
+        assert result_agreement(a, b).pixel_agreement == 1.0
+        assert b.instance_masks.shape[1:] == (0, 0) and len(b.instance_scores) == len(a.instance_scores)
+
+
+def test_one_entry_per_signature_least_recent_dropped(small):
+    model, meta = small
+    fast = TorchGpuBackend(model, meta, device="cpu", precision="fp32", outputs="panoptic", max_graphs=2)
+    a, b, c = synthetic_image(H, W, 1), synthetic_image(64, 64, 2), synthetic_image(64, 96, 3)
+    for image in (a, b, a, b):
+        fast.run(*_inputs(fast, image))
+    assert fast.runner.builds == 2 and len(fast.runner.entries) == 2
+    fast.run(*_inputs(fast, c))  # a third signature drops the least recently used one (a)
+    assert fast.runner.builds == 3
+    assert signature((1, 3, H, W), model.network_size(H, W)) not in fast.runner.entries
+    fast.run(*_inputs(fast, b))
+    assert fast.runner.builds == 3  # b was kept
+    fast.run(*_inputs(fast, a))
+    assert fast.runner.builds == 4
+
+
+def test_reduced_precision_islands(small):
+    """bf16 on the CPU stands in for FP16 on CUDA: the network body in the half type, post-processing in FP32."""
+    model, meta = small
+    seen: dict[str, torch.dtype] = {}
+
+    def record(name: str, dtype: torch.dtype) -> None:  # a hook that returns None keeps the module's output
+        seen.setdefault(name, dtype)
+
+    hooks = [model.backbone.register_forward_hook(lambda m, i, o: record("body", o["p3"].dtype)),
+             model.thing_generator.register_forward_hook(lambda m, i, o: record("kernels", i[0].dtype)),
+             model.merge.register_forward_hook(lambda m, i, o: record("merge", i[1].dtype))]
+    try:
+        fast = TorchGpuBackend(model, meta, device="cpu", precision="bf16")
+        canvas, sizes = _inputs(fast, synthetic_image(H, W, 8))
+        out = fast.run(canvas, sizes)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen == {"body": torch.bfloat16, "kernels": torch.float32, "merge": torch.float32}
+    ref = Predictor(model, meta).run(canvas, sizes)
+    assert {k: v.dtype for k, v in out.items()} == {k: v.numpy().dtype for k, v in ref.items()}
+
+
+def test_from_predictor_keeps_the_checkpoint_identity(small):
+    model, meta = small
+    base = Predictor(model, meta, cfg=None, source="weights.pth")
+    base.info.props["config_hash"] = "abc"
+    fast = TorchGpuBackend.from_predictor(base, precision="bf16", outputs="panoptic")
+    assert fast.info.config_hash == "abc" and fast.info.precision == "bf16" and fast.info.source == "weights.pth"
+    assert fast.name == "pytorch-fast" and fast.max_batch() == 1
+
+
+def test_bad_options(small):
+    model, meta = small
+    with pytest.raises(ValueError, match="precision fp16 runs on CUDA"):
+        TorchGpuBackend(model, meta, device="cpu", precision="fp16")
+    with pytest.raises(ValueError, match="outputs 'masks'"):
+        TorchGpuBackend(model, meta, device="cpu", outputs="masks")
+    with pytest.raises(ValueError, match="precision 'int8'"):
+        TorchGpuBackend(model, meta, device="cpu", precision="int8")
+
+
+# ------------------------------------------------------------------------------------------------ GPU
+@pytest.mark.parametrize("options, min_agreement", [
+    ({"precision": "fp32", "cuda_graphs": True}, 0.999),
+    ({"precision": "fp16", "cuda_graphs": True}, 0.99),
+    ({"precision": "fp16", "cuda_graphs": True, "outputs": "panoptic"}, 0.99),
+    ({"precision": "fp16", "cuda_graphs": True, "compile": True}, 0.99),
+], ids=["fp32-graphs", "fp16-graphs", "fp16-graphs-panoptic", "fp16-graphs-compiled"])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_paths_match_fp32_eager(small, options, min_agreement):
+    model, meta = small
+    eager = Predictor(model, meta)  # FP32 eager on the CPU: the reference
+    fast = TorchGpuBackend(copy.deepcopy(model), meta, device="cuda", **options)
+    images = [synthetic_image(H, W, s) for s in (11, 12, 13)] + [synthetic_image(80, 100, 14)]
+    for a, b in zip(predict(eager, images), predict(fast, images)):  # replays with new content, then a new shape
+        agreement = result_agreement(a, b)
+        assert agreement.pixel_agreement >= min_agreement, (options, agreement)
+        assert agreement.category_mismatch == 0, (options, agreement)
+    assert fast.runner.builds == 2
