@@ -8,9 +8,10 @@ weights on axis 0); pfcn only chooses the nodes, feeds the graph's own uint8 inp
 
 Two targets from one calibration (the ranges do not depend on the target):
 
-* ``tensorrt`` (S8S8): INT8 activations and weights, symmetric, zero point 0, float bias — what TensorRT parses.
+* ``tensorrt`` (S8S8): INT8 activations and weights, symmetric, zero point 0, float bias, Q/DQ only on the inputs of
+  quantized Convs — what TensorRT parses and fuses.
 * ``cpu`` (U8S8): UINT8 asymmetric activations, symmetric INT8 weights, INT32 bias — what ONNX Runtime runs fast on
-  x86 (its QLinearConv path); TensorRT rejects it (non-zero zero points).
+  x86 (its QLinearConv path needs a Q on each Conv output); TensorRT rejects it (non-zero zero points).
 """
 
 from __future__ import annotations
@@ -119,7 +120,10 @@ def target_options(target: str) -> dict[str, Any]:
     q = _ort_quant()
     if target == "tensorrt":
         return {"activation_type": q.QuantType.QInt8, "weight_type": q.QuantType.QInt8,
-                "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}}
+                "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                                  # Q/DQ on the inputs of quantized Convs only (TensorRT's placement): no Q on a
+                                  # Conv output, so head logits reach the float sigmoid/thresholds unquantized
+                                  "OpTypesToExcludeOutputQuantization": ["Conv"]}}
     if target == "cpu":
         return {"activation_type": q.QuantType.QUInt8, "weight_type": q.QuantType.QInt8,
                 "extra_options": {"ActivationSymmetric": False, "WeightSymmetric": True}}
