@@ -75,7 +75,8 @@ def test_int8_gate_tensorrt(int8_graphs, held_out, reference):
 def test_cache_reused_only_for_same_model_data_method(int8_graphs, fp32_graph, calib_images, fp16_graph, tmp_path,
                                                       cache_dir):
     first, second = int8_graphs["tensorrt"], int8_graphs["cpu"]
-    assert not first.cache_hit and second.cache_hit and first.cache == second.cache  # ranges shared by targets
+    # the second target reuses the first's ranges (the first may itself reuse a cache an earlier test wrote)
+    assert second.cache_hit and first.cache == second.cache
     again = quantize_int8(fp32_graph, tmp_path / "again.onnx", calib_images, "tensorrt", cache_dir=cache_dir)
     assert again.cache_hit
     fewer = ImageSet(calib_images.source, calib_images.names[:4], calib_images.images[:4])
