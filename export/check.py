@@ -101,6 +101,71 @@ def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return out
 
 
+def qdq_problems(model: onnx.ModelProto, constants: dict[str, np.ndarray] | None = None) -> list[str]:
+    """TensorRT's explicit-quantization rules for every Q/DQ node (empty list: all kept).
+
+    TensorRT parses only symmetric quantization: every zero point present and 0, INT8 (not UINT8) quantized tensors
+    (a missing zero point means UINT8 in ONNX), positive float scales; weights (a DequantizeLinear of an initializer
+    feeding a Conv's weight input) per-channel on axis 0, one scale per output channel. Messages are capped per rule.
+    """
+    constants = _constants(model) if constants is None else constants
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    found: dict[str, list[str]] = {}
+
+    def bad(rule: str, text: str) -> None:
+        found.setdefault(rule, []).append(text)
+
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or node.domain not in ("", "ai.onnx"):
+            continue
+        name = node.name or node.output[0]
+        quantize = node.op_type == "QuantizeLinear"
+        scale = constants.get(node.input[1]) if len(node.input) > 1 else None
+        zp_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        zp = constants.get(zp_name) if zp_name else None
+        out_dtype = _attr(node, "output_dtype", 0) if quantize else 0
+        if zp_name is None:
+            if not (quantize and out_dtype == onnx.TensorProto.INT8):
+                bad("zero_point", f"{node.op_type} {name}: no zero point (ONNX then means UINT8); "
+                                  "TensorRT needs an INT8 zero point of 0")
+        elif zp is None:
+            bad("zero_point", f"{node.op_type} {name}: zero point {zp_name!r} is not a constant")
+        else:
+            if zp.dtype == np.uint8:
+                bad("uint8", f"{node.op_type} {name}: UINT8 quantization (TensorRT takes INT8 only; "
+                             "this is the CPU U8S8 form)")
+            elif zp.dtype not in (np.int8,) and zp.dtype != np.int32:
+                bad("dtype", f"{node.op_type} {name}: quantized type {zp.dtype} (TensorRT INT8 graphs use int8)")
+            if np.any(zp != 0):
+                bad("zero_point", f"{node.op_type} {name}: non-zero zero point (asymmetric); TensorRT requires 0")
+            if zp.dtype == np.int32 and not quantize:
+                bad("dtype", f"DequantizeLinear {name}: INT32 input (a quantized bias); TensorRT dequantizes "
+                             "INT8 only: keep the bias in float")
+        if scale is None:
+            bad("scale", f"{node.op_type} {name}: scale is not a constant")
+            continue
+        if scale.dtype not in (np.float32, np.float16) or np.any(scale <= 0):
+            bad("scale", f"{node.op_type} {name}: scales must be positive float32/float16")
+        if not quantize and node.input[0] in constants and constants[node.input[0]].ndim == 4:
+            weight = constants[node.input[0]]
+            feeds_weight = any(c.op_type == "Conv" and len(c.input) > 1 and c.input[1] == node.output[0]
+                               for c in consumers.get(node.output[0], []))
+            if feeds_weight and weight.shape[0] > 1:
+                axis = _attr(node, "axis", 1)
+                if scale.ndim != 1 or scale.shape[0] != weight.shape[0] or axis != 0:
+                    bad("per_channel", f"DequantizeLinear {name}: weight {list(weight.shape)} needs per-channel "
+                                       f"scales on axis 0 ({weight.shape[0]}); got {list(scale.shape)} on axis {axis}")
+    out = []
+    for rule, items in found.items():
+        out += [f"Q/DQ: {t}" for t in items[:3]]
+        if len(items) > 3:
+            out.append(f"Q/DQ: ... and {len(items) - 3} more nodes breaking the same rule ({rule})")
+    return out
+
+
 def check_onnx(path: str | Path) -> CheckReport:
     """Check an ONNX file; see the module docstring. Raises ValueError if the file is not an ONNX model."""
     path = Path(path)
@@ -208,6 +273,8 @@ def check_onnx(path: str | Path) -> CheckReport:
         problems.append(f"opset {opset} is newer than any TensorRT release parses")
     elif min_trt:
         min_trt = max(min_trt, opset_trt)
+
+    problems += qdq_problems(model, constants)
 
     seen: dict[str, str] = {}
     for init in model.graph.initializer:

@@ -74,12 +74,20 @@ def _main(argv: list[str] | None) -> int:
     start = time.perf_counter()
     if args.format == "aoti":
         return _aoti(args, predictor, cfg, weights, start)
+    if args.precision == "int8":
+        raise ValueError("--precision int8: INT8 graphs need calibration data; export FP32, then run "
+                         "pfcn-calibrate --model model.onnx --images DIR (TensorRT or CPU target)")
     out = export_onnx(predictor.model, cfg, predictor.meta, args.out, graph=args.graph,
                       input_size=tuple(args.input_size) if args.input_size else None,
                       dynamic=tuple(args.dynamic) if args.dynamic else None, batch=args.batch,
                       dynamic_batch=args.dynamic_batch, opset=args.opset)
+    if args.precision == "fp16":  # the FP32 graph, then the FP16 pass with pfcn's FP32 islands
+        from .precision import convert_fp16_file
+
+        convert_fp16_file(out, out)
     size_mb = Path(out).stat().st_size / 2**20
-    print(f"pfcn-export: wrote {out} ({size_mb:.1f} MB, {args.graph} graph) in {time.perf_counter() - start:.1f} s")
+    print(f"pfcn-export: wrote {out} ({size_mb:.1f} MB, {args.graph} graph, {args.precision or 'fp32'}) in "
+          f"{time.perf_counter() - start:.1f} s")
     if not args.no_check:
         report = check_onnx(out)
         print(report.to_text())

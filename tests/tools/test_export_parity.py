@@ -157,3 +157,23 @@ def test_eval_and_predict_take_an_onnx_artifact(setup, tmp_path):
                           "--no-progress"]) == 0
         pq[name] = json.loads((tmp_path / name / "metrics.json").read_text())["panoptic"]["All"]["PQ"]
     assert abs(pq["torch"] - pq["onnx"]) <= 0.05, pq
+
+
+def test_export_fp16_graph_and_parity_gate(setup, tmp_path):
+    """pfcn-export --precision fp16 writes the FP16 graph; pfcn-parity holds it to the FP16 PQ gate on the data set.
+
+    (Random calibrated weights flip many near-tied pixels under FP16, hence the loose pixel gate; the trained model
+    is held to the strict gates in tests/calibration.)"""
+    root, gt_json, ckpt = setup
+    path = tmp_path / "fp16.onnx"
+    assert export_main(["--weights", str(ckpt[0]), "--out", str(path), "--dynamic", "32", "32", "512", "512",
+                        "--precision", "fp16"] + HEADS) == 0  # exported, converted, checked
+    from pfcn.runtime import open_model
+
+    assert open_model(path).info.precision == "fp16"
+    code = parity_main(["--model", str(path), "--reference", str(ckpt[0]), "--dataset", str(gt_json.parent),
+                        "--out", str(tmp_path / "par"), "--max-dpq", "0.2", "--min-pixel-agreement", "0.8",
+                        "--no-progress"] + HEADS)
+    report = json.loads((tmp_path / "par" / "parity.json").read_text())
+    assert report["precision"] == "fp16" and "delta_pq" in report["gates"]
+    assert code == 0, report["gates"]
