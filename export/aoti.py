@@ -22,11 +22,12 @@ from typing import Any
 
 import torch
 
+from pfcn.contract import E2E_INPUTS, E2E_OUTPUTS
 from pfcn.metadata import CategoryMeta
 from pfcn.model import PanopticFCN
 
 from .engine import Spinner
-from .graphs import E2E_INPUTS, E2E_OUTPUTS, EndToEndGraph
+from .graphs import EndToEndGraph
 from .onnx_export import ExportError, _example_inputs, check_export_args, metadata
 from .symbolics import DEFORM_CONV_OPSET
 

@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m pfcn.export.precision IN.onnx OUT.onnx``: the FP16 pass on an exported graph."""
     import sys
 
-    from pfcn.tools.common import run_cli
+    from pfcn.arguments import run_cli
 
     def _run(args: list[str] | None) -> int:
         args = sys.argv[1:] if args is None else args

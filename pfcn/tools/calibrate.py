@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from pfcn.tools.common import run_cli
+from pfcn.arguments import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
