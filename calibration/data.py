@@ -61,9 +61,9 @@ def load_images(images: str | Path | None = None, dataset: str | None = None, li
         raise CalibrationDataError("give either calibration images (a folder) or a dataset name, not both/neither")
     if dataset is not None:
         from pfcn.evaluation.panoptic_format import PanopticGroundTruth
-        from pfcn.tools.evaluate import _resolve_dataset, image_path_for
+        from pfcn.data.ground_truth import image_path_for, resolve_dataset
 
-        root, gt_json, gt_png = _resolve_dataset(dataset)
+        root, gt_json, gt_png = resolve_dataset(dataset)
         gt = PanopticGroundTruth(gt_json, gt_png)
         ids = list(gt.image_ids)[: limit or None]
         if not ids:

@@ -26,11 +26,11 @@ def panoptic_results(backend: Backend, data: ImageSet) -> list[Any]:
 def pq_of(results: Sequence[Any], data: ImageSet, backend: Backend) -> dict[str, float]:
     """PQ/SQ/RQ (percent) of All/Things/Stuff for results of ``data`` (which must carry ground truth)."""
     from pfcn.evaluation.evaluator import PanopticEvaluator
-    from pfcn.tools.evaluate import _model_meta
+    from pfcn.data.ground_truth import model_categories
 
     if data.gt is None:
         raise CalibrationDataError(f"{data.source}: no ground truth; PQ needs a dataset (COCO panoptic JSON + PNGs)")
-    _model_meta(backend.info.meta, data.gt.meta, str(getattr(backend.info, "source", "model")))
+    model_categories(backend.info.meta, data.gt.meta, str(getattr(backend.info, "source", "model")))
     evaluator = PanopticEvaluator(data.gt, instance_ap=False, semantic=False)
     for image_id, r in zip(data.image_ids or [], results):
         evaluator.process(r, image_id)

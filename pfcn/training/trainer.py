@@ -275,8 +275,9 @@ class _StopOnInterrupt:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        logger.warning("Ctrl-C: stopping after the current iteration and writing a checkpoint to resume from "
-                       "(Ctrl-C again aborts without one)")
+        # os.write, not logging: a signal handler may interrupt a write of the same buffered stream (re-entry error)
+        os.write(2, b"Ctrl-C: stopping after the current iteration and writing a checkpoint to resume from "
+                    b"(Ctrl-C again aborts without one)\n")
 
     def __exit__(self, *exc: Any) -> None:
         if self._previous is not None:

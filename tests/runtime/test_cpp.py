@@ -208,7 +208,8 @@ def test_cpp_predict_reports_bad_images_and_goes_on(cpp, small, photos, tmp_path
     assert proc.returncode == 1
     assert f"{bad}: cannot decode JPEG" in proc.stderr and f"{text}: not a JPEG or PNG file" in proc.stderr
     data = json.loads((tmp_path / "out" / "panoptic.json").read_text())
-    assert [a["image_id"] for a in data["annotations"]] == [photos[1].stem]
+    assert [a["file_name"] for a in data["annotations"]] == [photos[1].stem + ".png"]
+    assert all(isinstance(a["image_id"], int) for a in data["annotations"])  # COCO integer ids, as pfcn-predict
     # a model that cannot be opened: exit 2 with the message, no core dump
     proc = _run([built.predict, photos[1], tmp_path / "missing.pt2", tmp_path / "out2"])
     assert proc.returncode == 2 and "PFCN_ERROR_FILE" in proc.stderr and "missing.pt2" in proc.stderr

@@ -16,6 +16,8 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <algorithm>
+#include <map>
 #include <set>
 #include <sstream>
 #include <string>
@@ -157,6 +159,16 @@ int run(int argc, char** argv) {
         write_text(out + "/model.json", o.str());
     }
 
+    // COCO integer image ids as pfcn-predict gives them without --gt-json: 1, 2, ... in file-name (then path) order
+    std::vector<std::string> ordered(positional.begin(), positional.end());
+    auto file_name = [](const std::string& p) { return p.substr(p.find_last_of('/') + 1); };
+    std::sort(ordered.begin(), ordered.end(), [&](const std::string& a, const std::string& b) {
+        return std::make_pair(file_name(a), a) < std::make_pair(file_name(b), b);
+    });
+    ordered.erase(std::unique(ordered.begin(), ordered.end()), ordered.end());
+    std::map<std::string, int> image_id;
+    for (size_t k = 0; k < ordered.size(); ++k) image_id[ordered[k]] = static_cast<int>(k) + 1;
+
     std::vector<std::string> annotations;
     std::vector<std::pair<std::string, std::string>> failures;
     std::set<std::string> stems;
@@ -196,11 +208,12 @@ int run(int argc, char** argv) {
             coco += (k ? ", " : "") + segment_json(segments[k], nullptr);
             readable += (k ? ",\n  " : "\n  ") + segment_json(segments[k], &name);
         }
-        annotations.push_back("{\"image_id\": " + quote(stem) + ", \"file_name\": " + quote(png) +
+        const std::string id = std::to_string(image_id[path]);
+        annotations.push_back("{\"image_id\": " + id + ", \"file_name\": " + quote(png) +
                               ", \"segments_info\": [" + coco + "]}");
         std::ostringstream summary;
-        summary << "{\"file_name\": " << quote(path.substr(path.find_last_of('/') + 1)) << ", \"image_id\": "
-                << quote(stem) << ", \"height\": " << result.height() << ", \"width\": " << result.width()
+        summary << "{\"file_name\": " << quote(file_name(path)) << ", \"image_id\": "
+                << id << ", \"height\": " << result.height() << ", \"width\": " << result.width()
                 << ", \"segments_info\": [" << readable << "\n]}\n";
         write_text(out + "/json/" + stem + ".json", summary.str());
     }
