@@ -21,12 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-from pfcn.arguments import run_cli
+from pfcn.arguments import make_parser, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pfcn-calibrate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--onnx", required=True, help="the FP32 graph written by pfcn-export (e2e)")
+    p = make_parser("pfcn-calibrate", __doc__)
+    p.add_argument("--model", "--onnx", dest="onnx", required=True, metavar="ONNX",
+                   help="the FP32 graph written by pfcn-export (e2e)")
     p.add_argument("--out", required=True, help="where to write the INT8 / FP16 graph")
     p.add_argument("--precision", default="int8", choices=["int8", "fp16"])
     src = p.add_mutually_exclusive_group()
