@@ -7,6 +7,8 @@
   5. pfcn-predict draws its predictions
   6. pfcn-export writes a dynamic-size ONNX graph and checks it for TensorRT
   7. pfcn-parity compares ONNX Runtime with PyTorch on the held-out split (tensors, pixels, PQ)
+  8. the FP16 graph: pfcn-export --precision fp16, its pfcn-parity gate, pfcn-predict running the .onnx directly
+  9. pfcn-bench times the official algorithm, PyTorch and ONNX Runtime (FP32, FP16) on the same weights
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def step(title: str) -> float:
 
 # The installed command of each step's entry module (setup.cfg console_scripts), for the echoed command lines.
 COMMANDS = {"pfcn.tools.predict": "pfcn-predict", "pfcn.tools.synth": "pfcn-synth", "pfcn.tools.evaluate": "pfcn-eval",
-            "pfcn.tools.train": "pfcn-train", "pfcn.export.cli": "pfcn-export", "pfcn.tools.parity": "pfcn-parity"}
+            "pfcn.tools.train": "pfcn-train", "pfcn.export.cli": "pfcn-export", "pfcn.tools.parity": "pfcn-parity",
+            "pfcn.benchmarks.cli": "pfcn-bench"}
 
 
 def run(main, args: list[str]) -> None:
@@ -70,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sample = Path(args.sample)
+    from pfcn.benchmarks.cli import main as bench_main
     from pfcn.export.cli import main as export_main
     from pfcn.tools.evaluate import main as eval_main
     from pfcn.tools.parity import main as parity_main
@@ -78,48 +82,62 @@ def main(argv: list[str] | None = None) -> int:
     from pfcn.tools.train import main as train_main
 
     timings = {}
-    t = step("1/7 calibrated random-weight R50 on the two real COCO photos")
+    t = step("1/9 calibrated random-weight R50 on the two real COCO photos")
     photos = [read_image(p) for p in list_images([sample / "input_images"])]
     r50 = CONFIGS / "PanopticFCN-R50-1x.yaml"
     weights = calibrated_checkpoint(r50, [], photos, None, out / "r50_random.pth")
     run(predict_main, [sample / "input_images", "--config", r50, "--weights", weights, "--out", out / "r50_random"])
     timings["r50_predict"] = time.perf_counter() - t
 
-    t = step("2/7 synthetic COCO-panoptic data")
+    t = step("2/9 synthetic COCO-panoptic data")
     small = CONFIGS / "PanopticFCN-Small.yaml"
     synth = ["--things", SYNTH_THINGS, "--stuff", SYNTH_STUFF, "--no-progress"]
     run(synth_main, ["--out", out / "synth_train", "--num", args.train_images, "--seed", 1] + synth)
     run(synth_main, ["--out", out / "synth_val", "--num", args.val_images, "--seed", 2] + synth)
     timings["synth"] = time.perf_counter() - t
 
-    t = step("3/7 pfcn-train: the small configuration on CPU")
+    t = step("3/9 pfcn-train: the small configuration on CPU")
     run(train_main, ["--config", small, "--out", out / "train", "--train-dataset", out / "synth_train",
                      "--test-dataset", out / "synth_val", "--overwrite"])
     trained = out / "train" / "model_final.pth"
     val_images = list_images([out / "synth_val" / "images"])
     timings["train"] = time.perf_counter() - t
 
-    t = step("4/7 pfcn-eval on the held-out split")
+    t = step("4/9 pfcn-eval on the held-out split")
     run(eval_main, ["--config", small, "--weights", trained, "--dataset", out / "synth_val", "--out", out / "eval"])
     timings["eval"] = time.perf_counter() - t
 
-    t = step("5/7 pfcn-predict with the trained model")
+    t = step("5/9 pfcn-predict with the trained model")
     run(predict_main, [*val_images[:8], "--config", small, "--weights", trained, "--out", out / "predict"])
     timings["predict"] = time.perf_counter() - t
 
-    t = step("6/7 pfcn-export: dynamic-size end-to-end ONNX graph")
+    t = step("6/9 pfcn-export: dynamic-size end-to-end ONNX graph")
     onnx_path = out / "small.onnx"
     run(export_main, ["--config", small, "--weights", trained, "--out", onnx_path, "--dynamic", 32, 32, 1024, 1024])
     timings["export"] = time.perf_counter() - t
 
-    t = step("7/7 pfcn-parity: ONNX Runtime vs PyTorch on the held-out split")
+    t = step("7/9 pfcn-parity: ONNX Runtime vs PyTorch on the held-out split")
     run(parity_main, ["--config", small, "--weights", trained, "--onnx", onnx_path, "--dataset", out / "synth_val",
                       "--out", out / "parity"])
     timings["parity"] = time.perf_counter() - t
 
+    t = step("8/9 the FP16 graph: pfcn-export --precision fp16, its parity gate, and pfcn-predict on it")
+    fp16_path = out / "small_fp16.onnx"
+    run(export_main, ["--weights", trained, "--out", fp16_path, "--dynamic", 32, 32, 1024, 1024,
+                      "--precision", "fp16"])
+    run(parity_main, ["--model", fp16_path, "--reference", trained, "--dataset", out / "synth_val",
+                      "--out", out / "parity_fp16", "--max-dpq", 0.2, "--min-pixel-agreement", 0.99, "--no-progress"])
+    run(predict_main, [*val_images[:4], "--model", fp16_path, "--out", out / "predict_fp16", "--no-progress"])
+    timings["fp16"] = time.perf_counter() - t
+
+    t = step("9/9 pfcn-bench: official algorithm vs PyTorch vs ONNX Runtime, same weights and images")
+    run(bench_main, ["--model", trained, onnx_path, fp16_path, "--sizes", "128x128", "--warmup", 1, "--iters", 5,
+                     "--out", out / "bench", "--name", "small_128", "--no-progress"])
+    timings["bench"] = time.perf_counter() - t
+
     (out / "demo_timings.json").write_text(json.dumps(timings, indent=1))
     print(f"\n=== done: {out}/ holds r50_random/overlays, train/loss_curve.png, eval/report.md, predict/overlays, "
-          f"small.onnx, parity/parity.md")
+          f"small.onnx, parity/parity.md, small_fp16.onnx, parity_fp16/parity.md, bench/small_128.png")
     return 0
 
 
