@@ -265,13 +265,17 @@ class _StopOnInterrupt:
     def __init__(self) -> None:
         self.requested = False
         self._previous: Any = None
+        self._pid = -1
 
     def __enter__(self) -> "_StopOnInterrupt":
         if threading.current_thread() is threading.main_thread():
+            self._pid = os.getpid()
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked data-loader worker inherited the handler: it keeps serving until the loader closes
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
@@ -577,7 +581,17 @@ class Trainer:
                     i = self.iter
                     done = i + 1  # iterations done after this one: what the console and the metrics count
                     t0 = time.perf_counter()
-                    batch = next(batches)
+                    try:
+                        batch = next(batches)
+                    except Exception:
+                        # In a terminal, Ctrl-C reaches the loader's worker processes too, and they stop: then the
+                        # loader fails. Nothing of this iteration ran, so stop as after the previous one.
+                        if not (interrupt.requested and self.world == 1):
+                            raise
+                        logger.warning("the data loader stopped after Ctrl-C")
+                        if self.iter > self.start_iter:
+                            interrupted_at = self.save(self.iter - 1)
+                        break
                     data_time += time.perf_counter() - t0
                     values = self._step(batch)
                     for k, v in values.items():
