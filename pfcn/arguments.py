@@ -49,14 +49,12 @@ def add_model_args(parser: argparse.ArgumentParser, config_required: bool = Fals
         model_flag: add --model/--weights (a command that takes two models names its own flags).
     """
     group = parser.add_argument_group("model")
-    if not model_flag:
-        pass
-    elif training:
+    if model_flag and training:
         runtime = False
         group.add_argument("--weights", "--model", dest="model", default=None, metavar="PATH",
                            help="initial weights, overrides MODEL.WEIGHTS: an ImageNet backbone (detectron2 MSRA .pkl "
                                 "or torchvision resnet .pth) or a pfcn/official checkpoint; ignored when resuming")
-    else:
+    elif model_flag:
         group.add_argument("--model", "--weights", dest="model", default=None, metavar="PATH",
                            help="the model: a checkpoint (.pth/.pkl, official or pfcn), an exported .onnx or a "
                                 "TensorRT .engine; overrides MODEL.WEIGHTS")

@@ -41,16 +41,20 @@ def artifact_kind(path: str | Path) -> str:
                         f"{', '.join(SUFFIXES)} files")
 
 
-def load_model_config(weights: str | Path | None, config: str | Path | None, overrides: Sequence[Any] = ()):
-    """The config for a PyTorch model: ``config`` (+ overrides) if given, else the one stored in the checkpoint."""
+def load_model_config(weights: str | Path | None, config: str | Path | None, overrides: Sequence[Any] = (),
+                      fallback: tuple[str, str] | None = None):
+    """The config for a PyTorch model: ``config`` (+ overrides) if given, else the one stored in the checkpoint,
+    else ``fallback`` = (YAML text, its source), e.g. the config embedded in an exported artifact."""
     from pfcn.checkpoint import load_checkpoint_file
     from pfcn.config import config_from_yaml, load_config
 
     if config is not None:
         return load_config(config, list(overrides))
+    stored = load_checkpoint_file(weights).get("cfg") if weights is not None else None
+    if not isinstance(stored, str) and fallback is not None:
+        return config_from_yaml(fallback[0], list(overrides), source=fallback[1])
     if weights is None:
         raise ArtifactError("a PyTorch model needs --config (no checkpoint to read a stored config from)")
-    stored = load_checkpoint_file(weights).get("cfg")
     if not isinstance(stored, str):
         raise ArtifactError(f"{weights}: this checkpoint carries no config (official and pre-pfcn checkpoints do "
                             "not); pass --config with the YAML it was trained with")

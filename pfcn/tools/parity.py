@@ -80,27 +80,16 @@ def _pq_row(metrics: dict[str, Any]) -> dict[str, float]:
 
 def open_reference(args, model: Backend) -> Backend:
     """The reference backend: --reference, with the config from --config, the checkpoint, or the model artifact."""
-    from pfcn.runtime.loader import artifact_kind
+    from pfcn.runtime.loader import artifact_kind, load_model_config
 
     if args.reference is None and not args.random_weights:
         raise ValueError("give the reference: --reference/--weights CHECKPOINT (the PyTorch model the artifact was "
                          "exported from), or another artifact")
     cfg = None
     if args.reference is None or artifact_kind(args.reference) == "checkpoint":
-        from pfcn.config import config_from_yaml, load_config
-
-        if args.config:
-            cfg = load_config(args.config, args.opts)
-        elif args.reference is not None:
-            from pfcn.checkpoint import load_checkpoint_file
-
-            stored = load_checkpoint_file(args.reference).get("cfg")
-            if isinstance(stored, str):
-                cfg = config_from_yaml(stored, args.opts, source=f"{args.reference} (stored config)")
-        if cfg is None and "config" in model.info.props:
-            cfg = config_from_yaml(model.info.props["config"], args.opts, source=f"{model.info.source} (embedded)")
-        if cfg is None:
-            raise ValueError(f"{args.reference}: no config for the PyTorch reference; pass --config")
+        embedded = model.info.props.get("config")
+        cfg = load_model_config(args.reference, args.config, args.opts,
+                                fallback=(embedded, f"{model.info.source} (embedded config)") if embedded else None)
     ref = open_model(args.reference, device=args.device, providers=args.providers, threads=args.threads,
                      random_weights=args.random_weights, cfg=cfg)
     if model.info.net_size is not None and hasattr(ref, "fixed_net_size"):
