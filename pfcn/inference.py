@@ -6,6 +6,10 @@ levels, <= S stuff classes, <= 100 instances), so this module carries every cand
 flag instead of removing it. There is no host synchronisation and no Python branch on tensor values, which is what
 lets eager PyTorch, the exported ONNX graph and TensorRT engines run this very code.
 
+Eager runs on CPU tensors (``pfcn.resize.host_values_free``), where reading a value costs nothing, take three
+shortcuts with the same results: the official ``F.interpolate`` calls per image for step 5, a merge scan over the
+active slots only, and a histogram for the stuff areas. Tracing, export, compilation and GPU runs never take them.
+
 Stages (per image, batched):
   1. ``thing_candidates``  peak extraction, per-level top-k, threshold, kernel gather          -> 5*50 slots
   2. ``fuse_thing_kernels`` score sort, 1x1 embedding, class-specific cosine kernel fusion
@@ -25,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .contract import POSTPROCESS_OUTPUTS
-from .resize import AxisPass, apply_pass, axis_pass, column_pass, linear_taps
+from .resize import AxisPass, apply_pass, axis_pass, column_pass, host_values_free, linear_taps
 
 POOL_SIZES = (3, 3, 3, 5, 5)  # official smoothing window of the centre heatmaps, per level P3..P7
 NEG = -1.0  # sorts below every probability; used for empty slots
@@ -242,8 +246,9 @@ def to_original_size(maps: torch.Tensor, passes: list[AxisPass],
                      chunk: int = RESIZE_CHUNK) -> Iterator[tuple[int, torch.Tensor]]:
     """Resize [B, N, h, w] stride-4 maps to the original size, ``chunk`` channels at a time.
 
-    Yields (first channel, [B, H, W, c] channels-last float32 maps): callers reduce each chunk (threshold, argmax)
-    before the next is computed, so the full-size temporaries hold ``chunk`` channels, not N.
+    Yields (first channel, [B, c, H, W] float32 maps, a view of the channels-last result): callers reduce each
+    chunk (threshold, argmax) before the next is computed, so the full-size temporaries hold ``chunk`` channels, not
+    N.
     """
     x = maps.permute(0, 2, 3, 1)
     n = int(maps.shape[1])  # TOP_NUM or the stuff class count: a constant of the graph
@@ -251,7 +256,28 @@ def to_original_size(maps: torch.Tensor, passes: list[AxisPass],
         part = x[..., start:start + chunk]
         for p in passes:
             part = apply_pass(part, p)
-        yield start, part
+        yield start, part.permute(0, 3, 1, 2)
+
+
+def interpolate_to_original(maps: torch.Tensor, shapes: list[tuple[list[int], list[int]]],
+                            canvas_hw: tuple[int, int], stride: int,
+                            chunk: int = RESIZE_CHUNK) -> Iterator[tuple[int, torch.Tensor]]:
+    """``to_original_size`` for eager CPU runs: the official two ``F.interpolate`` calls themselves, per image.
+
+    Same chunks as ``to_original_size`` ([B, c, H, W], zero outside each image), and the official values to the
+    last bit: PyTorch's kernel with its fused multiply-adds, which the static passes
+    cannot express. It needs each image's resized and original (h, w) as Python ints (``shapes``), so only
+    ``host_values_free`` tensors take it.
+    """
+    b, n = maps.shape[:2]
+    for start in range(0, n, chunk):
+        part = maps[:, start:start + chunk]
+        resized_parts = []
+        for i, ((rh, rw), (oh, ow)) in enumerate(shapes):
+            up = F.interpolate(part[i:i + 1], scale_factor=stride, mode="bilinear", align_corners=False)
+            y = F.interpolate(up[..., :rh, :rw], size=(oh, ow), mode="bilinear", align_corners=False)
+            resized_parts.append(F.pad(y, (0, canvas_hw[1] - ow, 0, canvas_hw[0] - oh)))  # no-op when it fills
+        yield start, torch.cat(resized_parts) if b > 1 else resized_parts[0]
 
 
 def panoptic_merge(masks: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, semantic: torch.Tensor,
@@ -273,8 +299,15 @@ def panoptic_merge(masks: torch.Tensor, scores: torch.Tensor, valid: torch.Tenso
     b, k, h, w = masks.shape
     active = valid & (scores >= p.combine_inst_thresh)
     occupied = torch.zeros_like(masks[:, 0])
+    # An inactive slot takes no pixel and changes nothing, so eager CPU runs scan the active ones only.
+    scanned = active.any(0).tolist() if host_values_free(masks) else [True] * k
+    no, zero = torch.zeros_like(active[:, 0]), torch.zeros(b, dtype=torch.int64, device=masks.device)
     accepted, areas = [], []
     for i in range(k):  # fixed trip count: the loop unrolls into a static graph
+        if not scanned[i]:
+            accepted.append(no)
+            areas.append(zero)
+            continue
         m = masks[:, i] & active[:, i].reshape(b, 1, 1)
         area = _count_pixels(m)
         overlap = _count_pixels(m & occupied)
@@ -286,14 +319,18 @@ def panoptic_merge(masks: torch.Tensor, scores: torch.Tensor, valid: torch.Tenso
     thing_area = torch.stack(areas, 1)
     thing_ids = torch.cumsum(thing_ok.to(torch.int64), 1) * thing_ok.to(torch.int64)
     owned = masks & thing_ok.reshape(b, k, 1, 1)
-    owner = torch.argmax(owned.to(torch.float32), dim=1, keepdim=True)  # first accepted thing covering the pixel
+    # the first accepted thing covering the pixel (argmax takes the first maximum); bytes where runtimes allow it
+    owner = torch.argmax(owned.to(torch.uint8 if host_values_free(owned) else torch.float32), dim=1, keepdim=True)
     thing_map = torch.gather(thing_ids, 1, owner.reshape(b, -1)).reshape(b, h, w)
     thing_map = thing_map * occupied.to(torch.int64)
 
     free = ~occupied & inside
     labels = torch.arange(num_stuff, device=masks.device)
-    stuff_pix = (semantic.unsqueeze(1) == labels.reshape(1, -1, 1, 1)) & free.unsqueeze(1)  # [B, S, H, W]
-    stuff_area = _count_pixels(stuff_pix)
+    if host_values_free(semantic):  # a histogram of the free pixels' labels: the same counts, no [B, S, H, W] masks
+        stuff_area = torch.stack([torch.bincount(semantic[i][free[i]], minlength=num_stuff) for i in range(b)])
+    else:
+        stuff_pix = (semantic.unsqueeze(1) == labels.reshape(1, -1, 1, 1)) & free.unsqueeze(1)  # [B, S, H, W]
+        stuff_area = _count_pixels(stuff_pix)
     stuff_ok = (stuff_area >= p.stuff_area_limit) & (stuff_area > 0) & (labels > 0).unsqueeze(0)
     n_things = thing_ok.sum(dim=1, keepdim=True)
     stuff_ids = (n_things + torch.cumsum(stuff_ok.to(torch.int64), 1)) * stuff_ok.to(torch.int64)
@@ -309,6 +346,8 @@ def _count_pixels(mask: torch.Tensor) -> torch.Tensor:
     for rows shorter than 2^24 pixels), the row counts in int64. A bool -> int64 cast of the whole mask moves 8 bytes
     a pixel and ONNX Runtime's int64 ReduceSum is ~16x slower than its float one; the merge scan does this 200 times.
     """
+    if host_values_free(mask):
+        return torch.count_nonzero(mask, dim=(-2, -1))  # no int64 copy of the mask, as sum() would make
     return mask.to(torch.float32).sum(dim=-1).to(torch.int64).sum(dim=-1)
 
 
@@ -363,13 +402,25 @@ def postprocess(heads: HeadOutputs, thing_embed, stuff_embed, resized: torch.Ten
     scores, classes, valid, thing_probs = thing_masks(scores, classes, kernels, valid, heads.encoded, p)
     st_probs = torch.sigmoid(mask_logits(st_kernels, heads.encoded)) * st_valid.to(st_kernels.dtype)[..., None, None]
 
-    feat_hw = (heads.encoded.shape[2], heads.encoded.shape[3])
-    passes = original_size_passes(resized, original, feat_hw, canvas_hw, p.common_stride)
-    masks = torch.cat([part > p.inst_thres for _, part in to_original_size(thing_probs, passes)], dim=3)
-    masks = masks.permute(0, 3, 1, 2).contiguous() & valid[..., None, None]  # [B, K, H, W]
+    if host_values_free(thing_probs):
+        shapes = list(zip(resized.tolist(), original.tolist()))
+
+        def full_size(maps):
+            return interpolate_to_original(maps, shapes, canvas_hw, p.common_stride)
+    else:
+        feat_hw = (heads.encoded.shape[2], heads.encoded.shape[3])
+        passes = original_size_passes(resized, original, feat_hw, canvas_hw, p.common_stride)
+
+        def full_size(maps):
+            return to_original_size(maps, passes)
+    # empty slots resize to zero, which no threshold passes: masking at stride 4 costs 1/16 of masking the result
+    thing_probs = thing_probs * valid.to(thing_probs.dtype)[..., None, None]
+    masks = torch.cat([part > p.inst_thres for _, part in full_size(thing_probs)], dim=1)  # [B, K, H, W]
+    if p.inst_thres < 0:  # then zero passes too
+        masks = masks & valid[..., None, None]
     semantic = None  # argmax over the stuff channels, the first maximum on ties (as torch.argmax)
-    for start, part in to_original_size(st_probs, passes):
-        value, index = torch.max(part, dim=3)
+    for start, part in full_size(st_probs):
+        value, index = torch.max(part, dim=1)
         if semantic is None:
             best, semantic = value, index
         else:

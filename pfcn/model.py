@@ -111,8 +111,23 @@ class PanopticFCN(nn.Module):
         else:  # a traced ONNX graph (the canvas may be a traced shape)
             limit = torch.stack([torch.as_tensor(hn), torch.as_tensor(wn)]).to(resized).reshape(1, 2)
             resized = torch.minimum(resized, limit)
-        x = pil_bilinear_resize(images, sizes, resized, (hn, wn))  # [B, 3, hn, wn] integers 0..255
+        x = pil_bilinear_resize(images, sizes, resized, (hn, wn), self.max_shrink(images.shape[2:], (hn, wn)))
         return self.normalize_resized(x, resized, (hn, wn)), resized
+
+    def max_shrink(self, in_hw, net_hw) -> float | None:
+        """A bound on ``size / resized size`` along either axis for any image that fits an ``in_hw`` canvas and is
+        resized into a ``net_hw`` canvas (1.0: every such image is enlarged or kept); None for traced symbolic shapes.
+
+        The shortest-edge rule scales by ``s = min(short / min(h, w), max_size / max(h, w))``, so ``1 / s`` is at
+        most the bound for the canvas itself; rounding a shrunk side to an integer (at least 1) can add up to half
+        of it, and an image squeezed into the network canvas shrinks by at most canvas / network canvas.
+        """
+        if not all(isinstance(v, int) for v in (*in_hw, *net_hw)):
+            return None
+        ih, iw = (int(v) for v in in_hw)
+        shrink = max(min(ih, iw) / self.min_size_test, max(ih, iw) / self.max_size_test, ih / net_hw[0],
+                     iw / net_hw[1])
+        return 1.0 if shrink <= 1 else 1.5 * shrink
 
     def normalize_resized(self, x: torch.Tensor, resized: torch.Tensor, net_size=None) -> torch.Tensor:
         """Resized RGB pixel values [B, 3, Hn, Wn] (0..255, image i top-left at ``resized[i]``) -> network input:

@@ -13,6 +13,7 @@ matrices (``pil_bilinear_matrix``) applied by exact float32 matmuls.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -34,6 +35,14 @@ def static_shapes_required(t: torch.Tensor) -> bool:
     if compiler is not None and (compiler.is_compiling() or getattr(compiler, "is_exporting", lambda: False)()):
         return True
     return type(t) is not torch.Tensor or t.device.type == "meta"  # fake/functional tensors of torch.export
+
+
+def host_values_free(t: torch.Tensor) -> bool:
+    """Whether a shortcut may read tensor values on the host: plain eager CPU tensors only. There a value costs no
+    device synchronisation, so eager CPU runs skip work the values show to be void (empty slots) and call PyTorch's
+    own kernels per image where the static graph needs fixed shapes. GPU runs keep the static path (no syncs, CUDA
+    graphs can capture it)."""
+    return not static_shapes_required(t) and t.device.type == "cpu"
 
 
 def shortest_edge_size(sizes: torch.Tensor, short: int, max_size: int) -> torch.Tensor:
@@ -224,7 +233,8 @@ def pil_bilinear_matrix(in_len: torch.Tensor, out_len: torch.Tensor, in_size: in
 
 
 def pil_bilinear_resize(images: torch.Tensor, sizes: torch.Tensor, out_sizes: torch.Tensor,
-                        out_canvas: tuple[int | torch.Tensor, int | torch.Tensor]) -> torch.Tensor:
+                        out_canvas: tuple[int | torch.Tensor, int | torch.Tensor],
+                        max_shrink: float | None = None) -> torch.Tensor:
     """PIL's bilinear resize of each uint8 image of a canvas, exactly.
 
     PIL resamples one axis, rounds to 8 bits, then resamples the other, so the pass order changes results by one
@@ -235,14 +245,30 @@ def pil_bilinear_resize(images: torch.Tensor, sizes: torch.Tensor, out_sizes: to
         images: [B, C, H, W] uint8 (or integer-valued float) canvas, image b top-left at ``sizes[b]``.
         sizes: [B, 2] int64 (h, w) of each image; out_sizes: [B, 2] int64 resized (h, w).
         out_canvas: (hn, wn) of the output canvas.
+        max_shrink: a bound on ``size / out_size`` along either axis for every image this call can see (1 or less:
+            no image shrinks). With it, each output pixel reads a fixed window of ``pil_tap_count(max_shrink)``
+            input pixels (``pil_bilinear_taps``): a few gathers instead of a dense matmul over the whole axis
+            (about 100x less arithmetic at 800x1333). Without it, or when the shapes are not plain ints, the dense
+            weight matrices are used; both give the same integers.
     Returns:
         [B, C, hn, wn] float32 holding integers 0..255; zero beyond ``out_sizes``. Exact while no output pixel reads
         more than 32 input pixels along an axis, i.e. for shrinking by up to 16x (see ``_fixed_point_pass``).
     """
     hn, wn = out_canvas
-    halves_w = _split_weights(pil_bilinear_matrix(sizes[:, 1], out_sizes[:, 1], images.shape[3], wn))  # [B, 2wn, W]
-    halves_h = _split_weights(pil_bilinear_matrix(sizes[:, 0], out_sizes[:, 0], images.shape[2], hn))  # [B, 2hn, H]
     x = images.to(torch.float32)
+    taps = pil_tap_count(max_shrink) if max_shrink is not None else None
+    if taps is not None and taps <= _MAX_EXACT_TAPS and all(isinstance(v, int) for v in (*images.shape, hn, wn)):
+        width = _tap_pass_fn(pil_bilinear_taps(sizes[:, 1], out_sizes[:, 1], images.shape[3], wn, taps), True)
+        height = _tap_pass_fn(pil_bilinear_taps(sizes[:, 0], out_sizes[:, 0], images.shape[2], hn, taps), False)
+    else:
+        halves_w = _split_weights(pil_bilinear_matrix(sizes[:, 1], out_sizes[:, 1], images.shape[3], wn))
+        halves_h = _split_weights(pil_bilinear_matrix(sizes[:, 0], out_sizes[:, 0], images.shape[2], hn))
+
+        def width(t: torch.Tensor) -> torch.Tensor:
+            return _fixed_point_pass(t, halves_w, along_width=True)
+
+        def height(t: torch.Tensor) -> torch.Tensor:
+            return _fixed_point_pass(t, halves_h, along_width=False)
     vertical_first = pil_vertical_first(sizes, out_sizes)
     # Eager runs compute only the pass order that the batch needs (the same arithmetic, half the work); a static
     # graph computes both and selects per image.
@@ -251,10 +277,10 @@ def pil_bilinear_resize(images: torch.Tensor, sizes: torch.Tensor, out_sizes: to
         n_vertical = int(vertical_first.sum())
         order = "height" if n_vertical == vertical_first.numel() else "width" if n_vertical == 0 else "both"
     if order != "height":
-        width_first = _fixed_point_pass(_fixed_point_pass(x, halves_w, along_width=True), halves_h, along_width=False)
+        width_first = height(width(x))
         if order == "width":
             return width_first
-    height_first = _fixed_point_pass(_fixed_point_pass(x, halves_h, along_width=False), halves_w, along_width=True)
+    height_first = width(height(x))
     if order == "height":
         return height_first
     return torch.where(vertical_first.reshape(-1, 1, 1, 1), height_first, width_first)
@@ -272,6 +298,80 @@ def pil_vertical_first(sizes: torch.Tensor, out_sizes: torch.Tensor) -> torch.Te
     dh = sizes[:, 0] - out_sizes[:, 0]
     dw = sizes[:, 1] - out_sizes[:, 1]
     return (dh > 0) & (dh > 2 * dw)
+
+
+# x * lo summed over 32 taps stays below 255 * 2047 * 32 < 2^24: the most taps whose float32 sums are exact.
+_MAX_EXACT_TAPS = 32
+
+
+def pil_tap_count(max_shrink: float) -> int:
+    """Input pixels per output pixel that cover PIL's bilinear window when no axis shrinks by more than
+    ``max_shrink``: its tent reaches ``support = max(1, shrink)`` pixels on each side of the sample, so at most
+    ``2 * support + 1`` pixel centres lie strictly inside it (3 when enlarging)."""
+    return int(math.floor(2 * max(1.0, float(max_shrink)))) + 2 if max_shrink > 1 else 3
+
+
+def pil_bilinear_taps(in_len: torch.Tensor, out_len: torch.Tensor, in_size: int, out_size: int,
+                      taps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pil_bilinear_matrix``'s non-zero coefficients only: for each output pixel, ``taps`` consecutive input pixels
+    starting at the first one its tent can reach, and their fixed-point weights (same integers, same rounding).
+
+    The tent of output i is non-zero for input j only if ``(2j + 1) * out > (2i + 1) * in - 2 * max(in, out)``, so
+    the window starts at ``floor(((2i + 1) * in - 2 * max(in, out)) / (2 * out))``; it holds every non-zero weight
+    while ``taps >= 2 * max(in, out) / out + 1`` (``pil_tap_count``). Pixels past the image get weight 0 and a
+    valid index.
+
+    Returns:
+        index [B, out_size, taps] int64 (into 0..in_size-1) and weights [B, out_size, taps] int64 (units of 2^-22).
+    """
+    n = in_len.to(torch.int64).reshape(-1, 1, 1)
+    m_valid = out_len.to(torch.int64).reshape(-1, 1, 1)
+    m = m_valid.clamp(min=1)
+    big = torch.maximum(n, m)
+    i = torch.arange(out_size, dtype=torch.int64, device=n.device).reshape(1, -1, 1)
+    first = torch.div((2 * i + 1) * n - 2 * big, 2 * m, rounding_mode="floor").clamp(min=0)  # [B, out, 1]
+    j = first + torch.arange(taps, dtype=torch.int64, device=n.device).reshape(1, 1, -1)  # [B, out, taps]
+    centre = torch.where(j < n, (2 * j + 1) * m, torch.full_like(j, _FAR))
+    sample = torch.where(i < m_valid, (2 * i + 1) * n, torch.full_like(i, -_FAR))
+    tent = torch.clamp(2 * big - torch.abs(centre - sample), min=0)
+    total = tent.sum(dim=2, keepdim=True).clamp(min=1)
+    weights = torch.div(tent * (2 << PIL_PRECISION_BITS) + total, 2 * total, rounding_mode="floor")
+    index = torch.where(j < n, j, torch.zeros_like(j))  # j < n <= in_size
+    return index, weights
+
+
+def _tap_pass_fn(taps: tuple[torch.Tensor, torch.Tensor], along_width: bool):
+    """One PIL pass from ``pil_bilinear_taps`` as a function of [B, C, H, W] float32 integers 0..255.
+
+    The resampled axis is moved first and flattened with the batch, so each tap is one gather of whole
+    [C x other-axis] rows (per-image indices offset by ``b * length``), scaled by its hi and lo weight halves and
+    summed: the same exact integer sums as ``_fixed_point_pass``, in any order.
+    """
+    index, weights = taps
+    b, out, count = index.shape
+    halves = weights.to(torch.float32)
+    hi = torch.floor(halves * (1.0 / (1 << _SPLIT_BITS)))
+    lo = halves - hi * (1 << _SPLIT_BITS)
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        moved = x.permute(0, 3, 1, 2) if along_width else x.permute(0, 2, 1, 3)  # [B, L, C, other]
+        length = moved.shape[1]
+        flat = moved.reshape(b * length, -1)
+        rows = index + torch.arange(b, device=index.device).reshape(-1, 1, 1) * length  # [B, out, taps]
+        hi_sum = lo_sum = None
+        for t in range(count):
+            sample = flat.index_select(0, rows[..., t].reshape(-1))  # [B * out, C * other]
+            h_t = sample * hi[..., t].reshape(-1, 1)
+            l_t = sample * lo[..., t].reshape(-1, 1)
+            hi_sum = h_t if hi_sum is None else hi_sum + h_t
+            lo_sum = l_t if lo_sum is None else lo_sum + l_t
+        unit = float(1 << _SPLIT_BITS)
+        carry = torch.div(lo_sum, unit, rounding_mode="floor")
+        y = torch.div(hi_sum + carry + unit / 2, unit, rounding_mode="floor")
+        y = y.reshape(b, out, moved.shape[2], moved.shape[3])
+        return y.permute(0, 2, 3, 1) if along_width else y.permute(0, 2, 1, 3)
+
+    return apply
 
 
 def _split_weights(mat: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from pfcn.resize import (PIL_PRECISION_BITS, _fixed_point_pass, _split_weights, pil_bilinear_matrix,
-                         pil_bilinear_resize, pil_vertical_first)
+                         pil_bilinear_resize, pil_bilinear_taps, pil_tap_count, pil_vertical_first)
 
 # Pillow 13 picks the pass order by the sizes (pfcn.resize.pil_vertical_first); older releases start with the width.
 PILLOW_13 = int(PIL.__version__.split(".")[0]) >= 13
@@ -22,8 +22,10 @@ def pil_resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
 
 
-def resize_in_canvas(images: list[np.ndarray], out: list[tuple[int, int]], pad: int = 3) -> list[np.ndarray]:
-    """pil_bilinear_resize on a batch canvas with spare room around every image; checks the padding stays zero."""
+def resize_in_canvas(images: list[np.ndarray], out: list[tuple[int, int]], pad: int = 3,
+                     taps: bool = False) -> list[np.ndarray]:
+    """pil_bilinear_resize on a batch canvas with spare room around every image; checks the padding stays zero.
+    ``taps``: through the fixed-window gathers, with the batch's true largest shrink as the bound."""
     b = len(images)
     canvas = torch.zeros(b, 3, max(i.shape[0] for i in images) + pad, max(i.shape[1] for i in images) + pad,
                          dtype=torch.uint8)
@@ -31,7 +33,9 @@ def resize_in_canvas(images: list[np.ndarray], out: list[tuple[int, int]], pad: 
         canvas[k, :, : im.shape[0], : im.shape[1]] = torch.from_numpy(im).permute(2, 0, 1)
     sizes = torch.tensor([i.shape[:2] for i in images], dtype=torch.int64)
     out_sizes = torch.tensor(out, dtype=torch.int64)
-    y = pil_bilinear_resize(canvas, sizes, out_sizes, (max(o[0] for o in out) + pad, max(o[1] for o in out) + pad))
+    shrink = max(max(i.shape[0] / o[0], i.shape[1] / o[1]) for i, o in zip(images, out)) if taps else None
+    y = pil_bilinear_resize(canvas, sizes, out_sizes, (max(o[0] for o in out) + pad, max(o[1] for o in out) + pad),
+                            max_shrink=shrink)
     results = []
     for k, (oh, ow) in enumerate(out):
         assert torch.count_nonzero(y[k, :, oh:]) == 0 and torch.count_nonzero(y[k, :, :, ow:]) == 0
@@ -92,7 +96,22 @@ def test_weight_halves_fit_tf32():
     assert halves.min() >= 0 and halves.max() <= 2048 and (halves == torch.round(halves)).all()
 
 
-def test_resize_equals_pil_on_random_images():
+def test_taps_hold_exactly_the_non_zero_weights():
+    """pil_bilinear_taps scattered back into a dense matrix is pil_bilinear_matrix, for enlarging and shrinking."""
+    rng = np.random.default_rng(3)
+    for _ in range(400):
+        n, m = (int(v) for v in rng.integers(1, 300, 2))
+        in_len, out_len = torch.tensor([n, max(1, n // 2)]), torch.tensor([m, m])
+        count = pil_tap_count(max(n / m, in_len[1].item() / m))
+        index, weights = pil_bilinear_taps(in_len, out_len, n + 2, m + 3, count)
+        dense = pil_bilinear_matrix(in_len, out_len, n + 2, m + 3)
+        rebuilt = torch.zeros_like(dense).scatter_add_(2, index, weights)
+        assert torch.equal(rebuilt, dense), (n, m, count)
+    assert pil_tap_count(1.0) == 3 and pil_tap_count(0.5) == 3 and pil_tap_count(2.0) == 6
+
+
+@pytest.mark.parametrize("taps", [False, True], ids=["dense", "taps"])
+def test_resize_equals_pil_on_random_images(taps):
     rng = np.random.default_rng(1)
     cases = [random_case(rng) for _ in range(120)]
     if not PILLOW_13:
@@ -100,7 +119,7 @@ def test_resize_equals_pil_on_random_images():
                  if not pil_vertical_first(torch.tensor([img.shape[:2]]), torch.tensor([out]))[0]]
     for start in range(0, len(cases), 4):  # batches of 4 different sizes in one canvas
         batch = cases[start:start + 4]
-        got = resize_in_canvas([c[0] for c in batch], [c[1] for c in batch])
+        got = resize_in_canvas([c[0] for c in batch], [c[1] for c in batch], taps=taps)
         for (img, (oh, ow)), g in zip(batch, got):
             np.testing.assert_array_equal(g, pil_resize(img, oh, ow), err_msg=f"{img.shape[:2]} -> {(oh, ow)}")
 
@@ -112,8 +131,9 @@ def test_resize_equals_pil_when_shrinking_16x(h, w, oh, ow):
     yy, xx = np.mgrid[:h, :w]
     smooth = np.stack([(yy * 7 + xx * 3) % 256, (yy // 3) % 256, np.full_like(yy, 255)], -1).astype(np.uint8)
     for img in (rng.integers(0, 256, (h, w, 3), dtype=np.uint8), smooth, np.full((h, w, 3), 255, np.uint8)):
-        (got,) = resize_in_canvas([img], [(oh, ow)], pad=0)
-        np.testing.assert_array_equal(got, pil_resize(img, oh, ow))
+        for taps in (False, True):
+            (got,) = resize_in_canvas([img], [(oh, ow)], pad=0, taps=taps)
+            np.testing.assert_array_equal(got, pil_resize(img, oh, ow))
 
 
 @NEEDS_PILLOW_13
@@ -154,3 +174,26 @@ def test_resize_traces_with_tensor_canvas_sizes():
     assert got.shape == (1, 3, 40, 80)
     np.testing.assert_array_equal(got[0, :, :7, :33].permute(1, 2, 0).numpy(), pil_resize(img[:20, :40], 7, 33))
 
+
+
+def test_model_shrink_bound_covers_every_image_of_its_canvas():
+    """PanopticFCN.max_shrink bounds size / resized size for any image in the canvas (rounding and squeeze included),
+    so the fixed tap window of the in-graph resize always holds every PIL weight."""
+    from types import SimpleNamespace
+
+    from pfcn.model import PanopticFCN, _ceil_to
+    from pfcn.resize import shortest_edge_size
+
+    rng = np.random.default_rng(5)
+    for short, max_size, canvas in [(800, 1333, (800, 1333)), (800, 1333, (1080, 1920)), (128, 213, (500, 90)),
+                                    (512, 853, (3000, 40))]:
+        cfg = SimpleNamespace(min_size_test=short, max_size_test=max_size)
+        net = tuple(_ceil_to(v, 32) for v in shortest_edge_size(torch.tensor([canvas]), short, max_size)[0].tolist())
+        bound = PanopticFCN.max_shrink(cfg, canvas, net)
+        sizes = torch.tensor([[int(rng.integers(1, canvas[0] + 1)), int(rng.integers(1, canvas[1] + 1))]
+                              for _ in range(3000)] + [list(canvas)])
+        resized = torch.minimum(shortest_edge_size(sizes, short, max_size), torch.tensor([net]))
+        worst = (sizes / resized).max().item()
+        assert worst <= bound, (canvas, worst, bound)
+        if bound == 1.0:
+            assert (resized >= sizes).all()
