@@ -111,7 +111,11 @@ class PanopticFCN(nn.Module):
         else:  # a traced ONNX graph (the canvas may be a traced shape)
             limit = torch.stack([torch.as_tensor(hn), torch.as_tensor(wn)]).to(resized).reshape(1, 2)
             resized = torch.minimum(resized, limit)
-        x = pil_bilinear_resize(images, sizes, resized, (hn, wn), self.max_shrink(images.shape[2:], (hn, wn)))
+        # A fixed network canvas comes with a fixed input canvas (dynamic graphs trace both as tensors), so its
+        # shape is a constant and bounds how much any image can shrink: the resize reads a fixed window of pixels.
+        fixed = isinstance(hn, int) and isinstance(wn, int)
+        shrink = self.max_shrink((int(images.shape[2]), int(images.shape[3])), (hn, wn)) if fixed else None
+        x = pil_bilinear_resize(images, sizes, resized, (hn, wn), shrink)  # [B, 3, hn, wn] integers 0..255
         return self.normalize_resized(x, resized, (hn, wn)), resized
 
     def max_shrink(self, in_hw, net_hw) -> float | None:

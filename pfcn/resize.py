@@ -246,7 +246,7 @@ def pil_bilinear_resize(images: torch.Tensor, sizes: torch.Tensor, out_sizes: to
         sizes: [B, 2] int64 (h, w) of each image; out_sizes: [B, 2] int64 resized (h, w).
         out_canvas: (hn, wn) of the output canvas.
         max_shrink: a bound on ``size / out_size`` along either axis for every image this call can see (1 or less:
-            no image shrinks). With it, each output pixel reads a fixed window of ``pil_tap_count(max_shrink)``
+            no image shrinks); give it only for fixed canvases (in a traced graph their sizes become constants). With it, each output pixel reads a fixed window of ``pil_tap_count(max_shrink)``
             input pixels (``pil_bilinear_taps``): a few gathers instead of a dense matmul over the whole axis
             (about 100x less arithmetic at 800x1333). Without it, or when the shapes are not plain ints, the dense
             weight matrices are used; both give the same integers.
@@ -257,9 +257,10 @@ def pil_bilinear_resize(images: torch.Tensor, sizes: torch.Tensor, out_sizes: to
     hn, wn = out_canvas
     x = images.to(torch.float32)
     taps = pil_tap_count(max_shrink) if max_shrink is not None else None
-    if taps is not None and taps <= _MAX_EXACT_TAPS and all(isinstance(v, int) for v in (*images.shape, hn, wn)):
-        width = _tap_pass_fn(pil_bilinear_taps(sizes[:, 1], out_sizes[:, 1], images.shape[3], wn, taps), True)
-        height = _tap_pass_fn(pil_bilinear_taps(sizes[:, 0], out_sizes[:, 0], images.shape[2], hn, taps), False)
+    if taps is not None and taps <= _MAX_EXACT_TAPS:  # a bound implies fixed canvases: shapes are graph constants
+        in_h, in_w = int(images.shape[2]), int(images.shape[3])
+        width = _tap_pass_fn(pil_bilinear_taps(sizes[:, 1], out_sizes[:, 1], in_w, int(wn), taps), True)
+        height = _tap_pass_fn(pil_bilinear_taps(sizes[:, 0], out_sizes[:, 0], in_h, int(hn), taps), False)
     else:
         halves_w = _split_weights(pil_bilinear_matrix(sizes[:, 1], out_sizes[:, 1], images.shape[3], wn))
         halves_h = _split_weights(pil_bilinear_matrix(sizes[:, 0], out_sizes[:, 0], images.shape[2], hn))
