@@ -114,3 +114,24 @@ def test_bad_calibration_input(tmp_path, fp32_graph, int8_graphs, fp16_graph, ca
     with pytest.raises(ArtifactError, match="no pfcn metadata"):
         quantize_int8(tmp_path / "foreign.onnx", tmp_path / "x.onnx", calib_images, cache_dir=tmp_path / "c")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_inline_constant_identities():
+    """An Identity of an initializer becomes a copy of it, under the Identity's output name; others stay."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pfcn.calibration.int8 import inline_constant_identities
+
+    bias = numpy_helper.from_array(np.zeros(4, np.float32), "zeros")
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["zeros"], ["b1"], name="id1"),
+         helper.make_node("Identity", ["x"], ["x1"], name="id_of_input"),
+         helper.make_node("Add", ["x1", "b1"], ["y"], name="add")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [bias])
+    model = helper.make_model(graph)
+    assert inline_constant_identities(model) == 1
+    assert [n.name for n in model.graph.node] == ["id_of_input", "add"]
+    assert {t.name for t in model.graph.initializer} == {"zeros", "b1"}
+    onnx.checker.check_model(model)

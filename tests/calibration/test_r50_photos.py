@@ -83,3 +83,24 @@ def test_r50_int8_tensorrt_graph_runs_on_coco_photos(r50):
     reference = predict(open_model(fp32), images)
     for i, (ref, got) in enumerate(zip(reference, outputs)):
         print(f"R50 INT8 (TensorRT target) vs FP32 graph, photo {i + 1}: {result_agreement(ref, got)}")
+
+
+def test_r50_int8_cpu_graph_runs_every_network_conv_in_int8(r50):
+    """ONNX Runtime fuses every quantized Conv of the CPU-target graph into a QLinearConv, the zero-bias ones
+    included (the exporter shares equal biases through Identity nodes, which the quantizer cannot give an INT32
+    bias; ``inline_constant_identities`` undoes that first)."""
+    import onnx
+    import onnxruntime as ort
+
+    images, fp32, _, work = r50
+    calib = ImageSet("coco sample", [f"photo {i}" for i in range(len(images))], images)
+    result = quantize_int8(fp32, work / "int8_cpu.onnx", calib, target="cpu", cache_dir=work / "cache")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(work / "int8_cpu_optimized.onnx")
+    ort.InferenceSession(str(result.path), options, providers=["CPUExecutionProvider"])
+    nodes = onnx.load(str(work / "int8_cpu_optimized.onnx")).graph.node
+    fused = [n.name for n in nodes if n.op_type == "QLinearConv"]
+    float_convs = [n.name for n in nodes if n.op_type in ("Conv", "FusedConv") and n.name.split("/")[2:3] in
+                   (["backbone"], ["semantic_fpn"], ["feature_encoder"], ["position_head"], ["kernel_head"])]
+    assert len(fused) == len(result.quantized) and not float_convs, float_convs[:5]
