@@ -246,9 +246,8 @@ def to_original_size(maps: torch.Tensor, passes: list[AxisPass],
                      chunk: int = RESIZE_CHUNK) -> Iterator[tuple[int, torch.Tensor]]:
     """Resize [B, N, h, w] stride-4 maps to the original size, ``chunk`` channels at a time.
 
-    Yields (first channel, [B, c, H, W] float32 maps, a view of the channels-last result): callers reduce each
-    chunk (threshold, argmax) before the next is computed, so the full-size temporaries hold ``chunk`` channels, not
-    N.
+    Yields (first channel, [B, H, W, c] channels-last float32 maps): callers reduce each chunk (threshold, argmax)
+    before the next is computed, so the full-size temporaries hold ``chunk`` channels, not N.
     """
     x = maps.permute(0, 2, 3, 1)
     n = int(maps.shape[1])  # TOP_NUM or the stuff class count: a constant of the graph
@@ -256,7 +255,7 @@ def to_original_size(maps: torch.Tensor, passes: list[AxisPass],
         part = x[..., start:start + chunk]
         for p in passes:
             part = apply_pass(part, p)
-        yield start, part.permute(0, 3, 1, 2)
+        yield start, part
 
 
 def interpolate_to_original(maps: torch.Tensor, shapes: list[tuple[list[int], list[int]]],
@@ -264,8 +263,8 @@ def interpolate_to_original(maps: torch.Tensor, shapes: list[tuple[list[int], li
                             chunk: int = RESIZE_CHUNK) -> Iterator[tuple[int, torch.Tensor]]:
     """``to_original_size`` for eager CPU runs: the official two ``F.interpolate`` calls themselves, per image.
 
-    Same chunks as ``to_original_size`` ([B, c, H, W], zero outside each image), and the official values to the
-    last bit: PyTorch's kernel with its fused multiply-adds, which the static passes
+    Same chunks as ``to_original_size`` but channels-first ([B, c, H, W], zero outside each image), and the
+    official values to the last bit: PyTorch's kernel with its fused multiply-adds, which the static passes
     cannot express. It needs each image's resized and original (h, w) as Python ints (``shapes``), so only
     ``host_values_free`` tensors take it.
     """
@@ -404,23 +403,27 @@ def postprocess(heads: HeadOutputs, thing_embed, stuff_embed, resized: torch.Ten
 
     if host_values_free(thing_probs):
         shapes = list(zip(resized.tolist(), original.tolist()))
+        channels = 1  # chunks [B, c, H, W]
 
         def full_size(maps):
             return interpolate_to_original(maps, shapes, canvas_hw, p.common_stride)
     else:
         feat_hw = (heads.encoded.shape[2], heads.encoded.shape[3])
         passes = original_size_passes(resized, original, feat_hw, canvas_hw, p.common_stride)
+        channels = 3  # chunks [B, H, W, c]: thresholded before the (then bool) transpose
 
         def full_size(maps):
             return to_original_size(maps, passes)
     # empty slots resize to zero, which no threshold passes: masking at stride 4 costs 1/16 of masking the result
     thing_probs = thing_probs * valid.to(thing_probs.dtype)[..., None, None]
-    masks = torch.cat([part > p.inst_thres for _, part in full_size(thing_probs)], dim=1)  # [B, K, H, W]
+    masks = torch.cat([part > p.inst_thres for _, part in full_size(thing_probs)], dim=channels)
+    if channels == 3:
+        masks = masks.permute(0, 3, 1, 2).contiguous()  # [B, K, H, W]
     if p.inst_thres < 0:  # then zero passes too
         masks = masks & valid[..., None, None]
     semantic = None  # argmax over the stuff channels, the first maximum on ties (as torch.argmax)
     for start, part in full_size(st_probs):
-        value, index = torch.max(part, dim=1)
+        value, index = torch.max(part, dim=channels)
         if semantic is None:
             best, semantic = value, index
         else:

@@ -180,7 +180,7 @@ def test_resize_rounding_differs_only_in_the_last_bit():
     resized, original, feat = (150, 220), (171, 250), (40, 56)
     maps = torch.rand(1, 30, *feat, generator=gen)
     passes = original_size_passes(torch.tensor([resized]), torch.tensor([original]), feat, (180, 256), 4)
-    ours = torch.cat([part for _, part in to_original_size(maps, passes)], dim=1)[0]
+    ours = torch.cat([part for _, part in to_original_size(maps, passes)], dim=3).permute(0, 3, 1, 2)[0]
     assert not ours[:, original[0]:].any() and not ours[:, :, original[1]:].any()  # padding stays zero
     ours = ours[:, : original[0], : original[1]]
     official = _to_original(maps, 4, resized, original)
