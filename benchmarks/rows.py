@@ -211,6 +211,7 @@ def profile_by_stage(profile_json: str | Path, last_run_only: bool = False) -> d
     runs = max(1, len(run_starts))
     first_network: dict[int, float] = {}  # per run (index into run_starts): when its first network node started
     for e in nodes:
+        e["name"] = _original_node_name(str(e["name"]))
         if str(e["name"]).startswith(NETWORK_SCOPES):
             r = _run_index(e["ts"], run_starts)
             first_network[r] = min(first_network.get(r, float("inf")), e["ts"])
@@ -231,6 +232,18 @@ def profile_by_stage(profile_json: str | Path, last_run_only: bool = False) -> d
         by_op[stage][op] += seconds
     top = {s: dict(sorted(ops.items(), key=lambda kv: -kv[1])[:8]) for s, ops in by_op.items()}
     return {"runs": runs, "stages_s": dict(stages), "top_ops_s": top, "nodes": len(nodes) // runs}
+
+
+# Prefixes ONNX Runtime puts on the nodes it rewrites (FP16 nodes run in FP32 on the CPU provider get casts around
+# them and this prefix on their own name).
+_REWRITE_PREFIXES = ("InsertedPrecisionFreeCast_",)
+
+
+def _original_node_name(name: str) -> str:
+    for prefix in _REWRITE_PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
 
 
 def _run_index(ts: float, run_starts: list[float]) -> int:
