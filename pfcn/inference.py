@@ -416,9 +416,9 @@ def postprocess(heads: HeadOutputs, thing_embed, stuff_embed, resized: torch.Ten
             return to_original_size(maps, passes)
     # empty slots resize to zero, which no threshold passes: masking at stride 4 costs 1/16 of masking the result
     thing_probs = thing_probs * valid.to(thing_probs.dtype)[..., None, None]
-    masks = torch.cat([part > p.inst_thres for _, part in full_size(thing_probs)], dim=channels)
-    if channels == 3:
-        masks = masks.permute(0, 3, 1, 2).contiguous()  # [B, K, H, W]
+    # [B, K, H, W]; channels-last chunks are transposed one by one (as bools), then joined along the slots
+    masks = torch.cat([(part > p.inst_thres).permute(0, 3, 1, 2) if channels == 3 else part > p.inst_thres
+                       for _, part in full_size(thing_probs)], dim=1)
     if p.inst_thres < 0:  # then zero passes too
         masks = masks & valid[..., None, None]
     semantic = None  # argmax over the stuff channels, the first maximum on ties (as torch.argmax)

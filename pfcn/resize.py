@@ -1,14 +1,15 @@
 """Fixed-shape bilinear resizing with per-image sizes carried as tensors.
 
 A batch holds images of different sizes in one canvas, and an exported graph must not change shape with the data.
-Bilinear resizing (align_corners=False, PyTorch's rule) is separable, so resizing the valid top-left ``h x w`` region
-of a canvas to ``out_h x out_w`` inside another canvas is ``M_h @ X @ M_w^T`` with per-image interpolation matrices
-built from the sizes. Two successive resizes (the official 4x upsample, crop, then resize to the original size)
-compose into one matrix per axis, which is exact in real arithmetic and a single MatMul pair in the graph.
+Bilinear resizing (align_corners=False, PyTorch's rule) is separable: each output sample mixes two input samples
+along one axis. ``linear_taps`` computes those two taps and weights as PyTorch's kernel does, per image from the sizes,
+and ``apply_pass`` applies one axis as two gathers, two products and a sum; the official post-processing resize (4x
+upsample, crop, resize to the original size) is four such passes in PyTorch's order (``pfcn.inference``).
 
 The test-time image resize is different: detectron2 resizes uint8 images with PIL, whose bilinear filter works in
-fixed point and antialiases when shrinking. ``pil_bilinear_resize`` reproduces it bit for bit with integer weight
-matrices (``pil_bilinear_matrix``) applied by exact float32 matmuls.
+fixed point and antialiases when shrinking. ``pil_bilinear_resize`` reproduces it bit for bit with integer weights
+(``pil_bilinear_matrix``, or only the non-zero window of each output pixel, ``pil_bilinear_taps``) applied by exact
+float32 arithmetic.
 """
 
 from __future__ import annotations
@@ -246,10 +247,11 @@ def pil_bilinear_resize(images: torch.Tensor, sizes: torch.Tensor, out_sizes: to
         sizes: [B, 2] int64 (h, w) of each image; out_sizes: [B, 2] int64 resized (h, w).
         out_canvas: (hn, wn) of the output canvas.
         max_shrink: a bound on ``size / out_size`` along either axis for every image this call can see (1 or less:
-            no image shrinks); give it only for fixed canvases (in a traced graph their sizes become constants). With it, each output pixel reads a fixed window of ``pil_tap_count(max_shrink)``
-            input pixels (``pil_bilinear_taps``): a few gathers instead of a dense matmul over the whole axis
-            (about 100x less arithmetic at 800x1333). Without it, or when the shapes are not plain ints, the dense
-            weight matrices are used; both give the same integers.
+            no image shrinks); give it only for fixed canvases (in a traced graph their sizes become constants).
+            With it, each output pixel reads a fixed window of ``pil_tap_count(max_shrink)`` input pixels
+            (``pil_bilinear_taps``): a few gathers instead of a dense matmul over the whole axis (about 100x less
+            arithmetic at 800x1333). Without it (or past 32 taps) the dense weight matrices are used; both give the
+            same integers.
     Returns:
         [B, C, hn, wn] float32 holding integers 0..255; zero beyond ``out_sizes``. Exact while no output pixel reads
         more than 32 input pixels along an axis, i.e. for shrinking by up to 16x (see ``_fixed_point_pass``).
@@ -274,7 +276,9 @@ def pil_bilinear_resize(images: torch.Tensor, sizes: torch.Tensor, out_sizes: to
     # Eager runs compute only the pass order that the batch needs (the same arithmetic, half the work); a static
     # graph computes both and selects per image.
     order = "both"
-    if not static_shapes_required(vertical_first):
+    if max_shrink is not None and max_shrink <= 1:
+        order = "width"  # no image shrinks, so pil_vertical_first is False for every image (dh <= 0)
+    elif not static_shapes_required(vertical_first):
         n_vertical = int(vertical_first.sum())
         order = "height" if n_vertical == vertical_first.numel() else "width" if n_vertical == 0 else "both"
     if order != "height":
