@@ -118,17 +118,15 @@ class PanopticFCN(nn.Module):
         x = pil_bilinear_resize(images, sizes, resized, (hn, wn), shrink)  # [B, 3, hn, wn] integers 0..255
         return self.normalize_resized(x, resized, (hn, wn)), resized
 
-    def max_shrink(self, in_hw, net_hw) -> float | None:
+    def max_shrink(self, in_hw: tuple[int, int], net_hw: tuple[int, int]) -> float:
         """A bound on ``size / resized size`` along either axis for any image that fits an ``in_hw`` canvas and is
-        resized into a ``net_hw`` canvas (1.0: every such image is enlarged or kept); None for traced symbolic shapes.
+        resized into a ``net_hw`` canvas (1.0: every such image is enlarged or kept).
 
         The shortest-edge rule scales by ``s = min(short / min(h, w), max_size / max(h, w))``, so ``1 / s`` is at
         most the bound for the canvas itself; rounding a shrunk side to an integer (at least 1) can add up to half
         of it, and an image squeezed into the network canvas shrinks by at most canvas / network canvas.
         """
-        if not all(isinstance(v, int) for v in (*in_hw, *net_hw)):
-            return None
-        ih, iw = (int(v) for v in in_hw)
+        ih, iw = in_hw
         shrink = max(min(ih, iw) / self.min_size_test, max(ih, iw) / self.max_size_test, ih / net_hw[0],
                      iw / net_hw[1])
         return 1.0 if shrink <= 1 else 1.5 * shrink

@@ -261,8 +261,8 @@ def pil_bilinear_resize(images: torch.Tensor, sizes: torch.Tensor, out_sizes: to
     taps = pil_tap_count(max_shrink) if max_shrink is not None else None
     if taps is not None and taps <= _MAX_EXACT_TAPS:  # a bound implies fixed canvases: shapes are graph constants
         in_h, in_w = int(images.shape[2]), int(images.shape[3])
-        width = _tap_pass_fn(pil_bilinear_taps(sizes[:, 1], out_sizes[:, 1], in_w, int(wn), taps), True)
-        height = _tap_pass_fn(pil_bilinear_taps(sizes[:, 0], out_sizes[:, 0], in_h, int(hn), taps), False)
+        width = _tap_pass_fn(pil_bilinear_taps(sizes[:, 1], out_sizes[:, 1], in_w, int(wn), taps), in_w, True)
+        height = _tap_pass_fn(pil_bilinear_taps(sizes[:, 0], out_sizes[:, 0], in_h, int(hn), taps), in_h, False)
     else:
         halves_w = _split_weights(pil_bilinear_matrix(sizes[:, 1], out_sizes[:, 1], images.shape[3], wn))
         halves_h = _split_weights(pil_bilinear_matrix(sizes[:, 0], out_sizes[:, 0], images.shape[2], hn))
@@ -345,7 +345,7 @@ def pil_bilinear_taps(in_len: torch.Tensor, out_len: torch.Tensor, in_size: int,
     return index, weights
 
 
-def _tap_pass_fn(taps: tuple[torch.Tensor, torch.Tensor], along_width: bool):
+def _tap_pass_fn(taps: tuple[torch.Tensor, torch.Tensor], in_size: int, along_width: bool):
     """One PIL pass from ``pil_bilinear_taps`` as a function of [B, C, H, W] float32 integers 0..255.
 
     The resampled axis is moved first and flattened with the batch, so each tap is one gather of whole
@@ -354,15 +354,12 @@ def _tap_pass_fn(taps: tuple[torch.Tensor, torch.Tensor], along_width: bool):
     """
     index, weights = taps
     b, out, count = index.shape
-    halves = weights.to(torch.float32)
-    hi = torch.floor(halves * (1.0 / (1 << _SPLIT_BITS)))
-    lo = halves - hi * (1 << _SPLIT_BITS)
+    hi, lo = _split_weights(weights).split(out, dim=1)  # [B, out, taps] each
+    rows = index + torch.arange(b, device=index.device).reshape(-1, 1, 1) * in_size  # rows of [B * in_size, ...]
 
     def apply(x: torch.Tensor) -> torch.Tensor:
-        moved = x.permute(0, 3, 1, 2) if along_width else x.permute(0, 2, 1, 3)  # [B, L, C, other]
-        length = moved.shape[1]
-        flat = moved.reshape(b * length, -1)
-        rows = index + torch.arange(b, device=index.device).reshape(-1, 1, 1) * length  # [B, out, taps]
+        moved = x.permute(0, 3, 1, 2) if along_width else x.permute(0, 2, 1, 3)  # [B, in_size, C, other]
+        flat = moved.reshape(b * in_size, -1)
         hi_sum = lo_sum = None
         for t in range(count):
             sample = flat.index_select(0, rows[..., t].reshape(-1))  # [B * out, C * other]
@@ -370,10 +367,7 @@ def _tap_pass_fn(taps: tuple[torch.Tensor, torch.Tensor], along_width: bool):
             l_t = sample * lo[..., t].reshape(-1, 1)
             hi_sum = h_t if hi_sum is None else hi_sum + h_t
             lo_sum = l_t if lo_sum is None else lo_sum + l_t
-        unit = float(1 << _SPLIT_BITS)
-        carry = torch.div(lo_sum, unit, rounding_mode="floor")
-        y = torch.div(hi_sum + carry + unit / 2, unit, rounding_mode="floor")
-        y = y.reshape(b, out, moved.shape[2], moved.shape[3])
+        y = _recombine(hi_sum, lo_sum).reshape(b, out, moved.shape[2], moved.shape[3])
         return y.permute(0, 2, 3, 1) if along_width else y.permute(0, 2, 1, 3)
 
     return apply
@@ -411,6 +405,11 @@ def _fixed_point_pass(x: torch.Tensor, halves: torch.Tensor, along_width: bool) 
     else:
         sums = torch.matmul(halves.unsqueeze(1), x).unflatten(-2, (2, -1))  # [B, C, 2, out, W]
         hi_sum, lo_sum = sums[..., 0, :, :], sums[..., 1, :, :]
+    return _recombine(hi_sum, lo_sum)
+
+
+def _recombine(hi_sum: torch.Tensor, lo_sum: torch.Tensor) -> torch.Tensor:
+    """``floor((hi_sum * 2^11 + lo_sum + 2^21) / 2^22)`` with exact power-of-two steps (see ``_fixed_point_pass``)."""
     unit = float(1 << _SPLIT_BITS)
     carry = torch.div(lo_sum, unit, rounding_mode="floor")
     return torch.div(hi_sum + carry + unit / 2, unit, rounding_mode="floor")

@@ -29,7 +29,6 @@ from pfcn.model import build_model
 from pfcn.predictor import default_meta
 from pfcn.random_init import calibrate_random_model
 
-
 REPO = Path(__file__).resolve().parents[2]
 # The small model pfcn-train made for the precision tests (tests/calibration/make_small_checkpoint.sh).
 REFERENCE_CHECKPOINT = REPO / "tests" / "data" / "small_synth.pth"
