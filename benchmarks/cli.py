@@ -2,12 +2,14 @@
 
     pfcn-bench --model model_final.pth model.onnx [model_network.onnx] [--config C] --sizes 800x1333
                [--images DIR] [--batch N] [--warmup N] [--iters N] [--threads N] [--device cpu|cuda]
+               [--fast fp16 fp16+panoptic fp16+panoptic+compile ...]
                [--out DIR] [--profile] [--compare old.json [--max-regression 0.1]]
     pfcn-bench --compare old.json --against new.json
 
 Every artifact runs through ``pfcn.runtime.open_model`` and ``Backend.run``. A PyTorch checkpoint also gets a
 per-stage row (the model's own stage functions) and the official baseline row (same weights, same images). A
-``--graph network`` ONNX export next to an end-to-end one splits the latter into network and the rest.
+``--graph network`` ONNX export next to an end-to-end one splits the latter into network and the rest. ``--fast``
+adds rows of the PyTorch fast path (``pfcn.runtime.torch_gpu``) on the checkpoint's weights, one per spec.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pfcn.arguments import add_progress_arg, run_cli
 
 from . import report
 from .environment import environment, machine_name
-from .floor import BYTES_NOTE, DEFORM_NOTE, cached_gemm_peak, count_network
+from .floor import BYTES_NOTE, DEFORM_NOTE, cached_gemm_peak, count_network, gpu_gemm_peak
 from .measure import RSS_METHOD, GpuPeak, PeakRSS, latency_stats, median
 from .rows import BackendRow, NetworkRow, OfficialRow, PyTorchStages, profile_by_stage
 
@@ -45,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     p.add_argument("--out", default="bench_out", help="folder for <machine>_<date>.json/.md/.png (default bench_out)")
     p.add_argument("--name", help="file stem of the results (default <machine>_<date>)")
+    p.add_argument("--fast", nargs="+", default=[], metavar="SPEC",
+                   help="rows of the PyTorch fast path on the checkpoint's weights: a precision (fp32, fp16, bf16) "
+                        "joined by '+' to options: panoptic (instance masks stay on the device), compile "
+                        "(torch.compile), eager (no CUDA graphs); e.g. fp16 fp16+panoptic+compile")
     p.add_argument("--no-official", action="store_true", help="skip the official baseline row")
     p.add_argument("--no-stages", action="store_true", help="skip the per-stage PyTorch row")
     p.add_argument("--no-interleave", action="store_true",
@@ -101,6 +107,36 @@ def image_pool(size: tuple[int, int], folder: str | None, count: int) -> list[np
 
 
 # ------------------------------------------------------------------------------------------------ models
+FAST_OPTIONS = {"panoptic": ("outputs", "panoptic"), "compile": ("compile", True), "eager": ("cuda_graphs", False)}
+
+
+def parse_fast(spec: str) -> dict[str, Any]:
+    """``fp16+panoptic+compile`` -> TorchGpuBackend options; ValueError naming the spec and the bad part."""
+    from pfcn.runtime.torch_gpu import HALF_DTYPES
+
+    precision, *flags = spec.lower().split("+")
+    if precision not in HALF_DTYPES:
+        raise ValueError(f"--fast {spec!r}: starts with a precision ({', '.join(HALF_DTYPES)}), got {precision!r}")
+    options: dict[str, Any] = {"precision": precision}
+    for flag in flags:
+        if flag not in FAST_OPTIONS:
+            raise ValueError(f"--fast {spec!r}: unknown option {flag!r} (choose from {', '.join(FAST_OPTIONS)})")
+        key, value = FAST_OPTIONS[flag]
+        options[key] = value
+    if options.get("compile"):
+        options["compile_mode"] = "default"  # autotuning would take minutes per input signature
+    return options
+
+
+def fast_label(backend: Any, options: dict[str, Any]) -> str:
+    parts = ["CUDA graphs" if backend.runner.cuda_graphs else "static buffers"]
+    if options.get("outputs") == "panoptic":
+        parts.append("panoptic outputs")
+    if options.get("compile"):
+        parts.append("torch.compile")
+    return f"pytorch fast {backend.precision} e2e ({', '.join(parts)})"
+
+
 class Opened:
     """One artifact: its backend, kind, config and the model used for FLOP counting."""
 
@@ -139,6 +175,22 @@ def open_artifact(path: str, args: argparse.Namespace) -> Opened:
                   _stored_cfg(backend, path))
 
 
+def _open_fast(args: argparse.Namespace, pytorch: Opened | None) -> list[tuple[Opened, str]]:
+    """The ``--fast`` rows: the fast path built from the checkpoint's backend (same weights, own copy)."""
+    if not args.fast:
+        return []
+    if pytorch is None:
+        raise ValueError("--fast runs the PyTorch fast path on a checkpoint's weights: pass a .pth with --model")
+    from pfcn.runtime.torch_gpu import TorchGpuBackend
+
+    out = []
+    for spec in args.fast:
+        options = parse_fast(spec)
+        backend = TorchGpuBackend.from_predictor(pytorch.backend, **options)
+        out.append((Opened(pytorch.path, backend, "pytorch-fast", pytorch.cfg), fast_label(backend, options)))
+    return out
+
+
 def _stored_cfg(backend: Any, path: str) -> Any:
     from pfcn.config import config_from_yaml
 
@@ -169,6 +221,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     models = [open_artifact(p, args) for p in args.model]
     labels = _labels(models)
     pytorch = next((m for m in models if m.kind == "pytorch"), None)
+    fast = _open_fast(args, pytorch)
     notes: list[str] = []
     skipped: list[str] = []
 
@@ -189,6 +242,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             if m.kind == "pytorch" and not args.no_stages:
                 plan.append({"row": PyTorchStages(m.backend, f"{label} (stages)", args.device), "model": m,
                              "size": size, "kind": "pytorch-stages"})
+            if m is pytorch:
+                plan += [{"row": BackendRow(f.backend, label_, args.device), "model": f, "size": size,
+                          "kind": "pytorch-fast"} for f, label_ in fast]
         if pytorch is not None and not args.no_official:
             plan.insert(len(plan) - sum(1 for p in plan if p["size"] == size),
                         {"row": OfficialRow(pytorch.backend, pytorch.cfg, "official (detectron2-style, dynamic)",
@@ -233,15 +289,18 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     # ---- the compute floor
     out_dir = Path(args.out)
     cpu_key = environment()["cpu"]["model"]
-    gemm = cached_gemm_peak(out_dir / "gemm_peak.json", f"{cpu_key}|threads={args.threads}|torch={torch.__version__}",
-                            args.threads)
+    if args.device.startswith("cuda"):
+        gemm = gpu_gemm_peak(args.device)
+    else:
+        gemm = cached_gemm_peak(out_dir / "gemm_peak.json",
+                                f"{cpu_key}|threads={args.threads}|torch={torch.__version__}", args.threads)
     counts: dict[str, dict[str, Any]] = {}
     flops_of: dict[tuple, int] = {}
     for entry in plan:
         m, size = entry["model"], entry["size"]
         if m.cfg is None:
             continue
-        net_model = m.backend.model if m.kind == "pytorch" else build_model(m.cfg)
+        net_model = m.backend.model if m.kind in ("pytorch", "pytorch-fast") else build_model(m.cfg)
         net = net_model.network_size(*size)
         key = (m.config_hash or m.path, net)
         if key not in flops_of:
@@ -257,14 +316,16 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         stages = {k: median([s.get(k, 0.0) for s in st["stages"]]) for k in st["stages"][0]} if st["stages"][0] else {}
         m = entry["model"]
         flops = entry.get("flops")
+        precision = "fp32" if entry["kind"] == "official" else m.precision
+        peak = gemm.get("by_precision", {}).get(precision, gemm["peak_flops"])
         rows.append({
             "label": entry["row"].label, "kind": entry["kind"], "artifact": Path(m.path).name,
-            "precision": "fp32" if entry["kind"] == "official" else m.precision,
+            "precision": precision,
             "graph": "official" if entry["kind"] == "official" else m.graph,
             "size": list(entry["size"]), "net_size": list(entry.get("net") or ()), "batch": args.batch,
             "latency_s": lat, "fps": 1.0 / lat["p50"] * args.batch, "throughput": args.batch / lat["p50"],
             "stages_s": stages, "peak_rss_mb": st["rss"], "gpu_peak_mb": st["gpu"],
-            "flops": flops, "floor_pct": (100.0 * flops / lat["p50"] / gemm["peak_flops"]) if flops else None,
+            "flops": flops, "floor_pct": (100.0 * flops / lat["p50"] / peak) if flops else None,
             "vs_official": None, "includes": entry["row"].includes,
         })
     _pair_network_rows(rows, plan)
@@ -278,9 +339,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
     notes += [f"skipped {s}" for s in skipped]
     notes += [f"peak RSS: {RSS_METHOD}", DEFORM_NOTE, BYTES_NOTE,
-              "% of floor = network FLOPs / median end-to-end latency / measured GEMM peak",
+              "% of floor = network FLOPs / median end-to-end latency / measured GEMM peak (on a GPU: the peak of the "
+              "row's precision)",
               "fps = images per second at the median latency (batch / p50); throughput is the same figure"]
-    for m in models:
+    for m in models + [f for f, _ in fast]:
         m.backend.close()
     return {
         "schema": report.SCHEMA,

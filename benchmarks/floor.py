@@ -123,6 +123,40 @@ def gemm_peak(threads: int | None, n: int = 2048, repeats: int = 8) -> dict[str,
             "threads": threads or previous, "n": n, "rates_flops": rates, "peak_flops": rates[best]}
 
 
+def gpu_gemm_peak(device: str, n: int = 8192, repeats: int = 10) -> dict[str, Any]:
+    """The GPU's matrix peak per precision, measured: n x n x n products timed with CUDA events, best of ``repeats``.
+
+    FP32 rows are held to the TF32 tensor-core rate: cuDNN runs FP32 convolutions in TF32 by default
+    (``torch.backends.cudnn.allow_tf32``), so that is the rate the eager FP32 network can reach.
+    ``peak_flops`` is the FP16 rate (the fastest precision the rows use)."""
+    dev = torch.device(device)
+    rates: dict[str, float] = {}
+    previous = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for name, dtype, tf32 in (("fp16", torch.float16, False), ("bf16", torch.bfloat16, False),
+                                  ("fp32", torch.float32, True)):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            a = torch.randn(n, n, device=dev, dtype=dtype)
+            b = torch.randn(n, n, device=dev, dtype=dtype)
+            torch.matmul(a, b)  # warm-up: kernel choice, clocks
+            best = float("inf")
+            for _ in range(repeats):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                torch.matmul(a, b)
+                end.record()
+                end.synchronize()
+                best = min(best, start.elapsed_time(end) / 1e3)
+            rates[name] = 2.0 * n ** 3 / best
+            del a, b
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+        torch.cuda.empty_cache()
+    return {"method": f"{n}x{n} @ {n}x{n} matmul on {torch.cuda.get_device_name(dev)}, best of {repeats} after a "
+                      "warm-up (CUDA events); fp32 = TF32 tensor cores, cuDNN's default for FP32 convolutions",
+            "threads": None, "n": n, "rates_flops": rates, "by_precision": rates, "peak_flops": rates["fp16"]}
+
+
 def cached_gemm_peak(cache: Path | None, key: str, threads: int | None) -> dict[str, Any]:
     """``gemm_peak`` measured once per machine, thread count and torch version; kept in ``cache`` (a JSON file)."""
     entries: dict[str, Any] = {}

@@ -12,7 +12,8 @@ ROW_KEYS = {"label": str, "kind": str, "artifact": str, "precision": str, "graph
             "net_size": list, "batch": int, "latency_s": dict, "fps": float, "throughput": float,
             "stages_s": dict, "peak_rss_mb": float, "includes": str}
 LATENCY_KEYS = ("p50", "p90", "p99", "mean", "min", "n")
-KINDS = ("official", "pytorch", "pytorch-stages", "onnxruntime", "onnxruntime-network", "tensorrt", "other")
+KINDS = ("official", "pytorch", "pytorch-stages", "pytorch-fast", "onnxruntime", "onnxruntime-network", "tensorrt",
+         "other")
 
 
 def validate(doc: Any) -> list[str]:
@@ -129,8 +130,13 @@ def markdown(doc: dict, chart_name: str | None = None) -> str:
     lines.append(f"- settings: threads {settings['threads']}, device {settings['device']}, batch {settings['batch']}, "
                  f"warm-up {settings['warmup']}, timed iterations {settings['iters']} "
                  f"({'interleaved' if settings.get('interleave') else 'row after row'}), input {settings['images']}")
-    lines.append(f"- compute floor: {floor['peak_flops'] / 1e9:.1f} GFLOP/s ({floor['gemm']['method']}, "
-                 f"{floor['gemm']['threads']} threads)")
+    by_precision = floor["gemm"].get("by_precision")
+    if by_precision:  # a GPU: one peak per precision
+        rates = ", ".join(f"{k} {v / 1e12:.0f} TFLOP/s" for k, v in by_precision.items())
+        lines.append(f"- compute floor: {rates} ({floor['gemm']['method']})")
+    else:
+        lines.append(f"- compute floor: {floor['peak_flops'] / 1e9:.1f} GFLOP/s ({floor['gemm']['method']}, "
+                     f"{floor['gemm']['threads']} threads)")
     for key, sizes in floor.get("models", {}).items():
         for size, c in sizes.items():
             lines.append(f"- network at {size}: {c['flops'] / 1e9:.1f} GFLOP, {c['bytes'] / 2**30:.2f} GiB moved "

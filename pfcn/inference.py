@@ -234,7 +234,10 @@ def original_size_passes(resized: torch.Tensor, original: torch.Tensor, feat_hw,
     up_rows, up_cols = feat_hw[0] * stride, feat_hw[1] * stride
     up = []
     for n, n_up in zip(feat_hw, (up_rows, up_cols)):
-        length = torch.as_tensor(n, device=device).reshape(1).to(torch.int64)
+        if isinstance(n, torch.Tensor):  # a traced shape (dynamic ONNX graphs)
+            length = n.reshape(1).to(device=device, dtype=torch.int64)
+        else:  # a fill kernel, not a host-to-device copy: CUDA graphs capture it
+            length = torch.full((1,), int(n), dtype=torch.int64, device=device)
         up.append(linear_taps(length, length * stride, n_up, scale=1.0 / stride))
     down_rows = linear_taps(resized[:, 0], original[:, 0], canvas_hw[0])
     down_cols = linear_taps(resized[:, 1], original[:, 1], canvas_hw[1])

@@ -96,8 +96,11 @@ class ModulatedDeformConv(nn.Module):
         nn.init.kaiming_uniform_(self.weight, nonlinearity="relu")
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=self.padding,
-                          dilation=self.dilation, mask=mask)
+        # in the weights' precision (FP32) on every device: under CPU autocast torchvision has no FP32 rule for this
+        # op and its CPU kernel has no bf16/fp16 version (no-op casts otherwise, and nothing in a traced graph)
+        dtype = self.weight.dtype
+        x = deform_conv2d(x.to(dtype), offset.to(dtype), self.weight, self.bias, stride=self.stride,
+                          padding=self.padding, dilation=self.dilation, mask=mask.to(dtype))
         if self.norm is not None:
             x = self.norm(x)
         if self.activation is not None:

@@ -160,7 +160,8 @@ class PanopticFCN(nn.Module):
         """
         b, _, h, w = images.shape
         if sizes is None:
-            sizes = torch.tensor([[h, w]], dtype=torch.int64, device=images.device).expand(b, 2)
+            sizes = torch.stack([torch.full((b,), h, dtype=torch.int64, device=images.device),
+                                 torch.full((b,), w, dtype=torch.int64, device=images.device)], 1)
         if net_size is None:
             net_size = self.network_size(h, w)
         x, resized = self.preprocess(images, sizes, net_size)

@@ -19,6 +19,7 @@ exercise.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -219,7 +220,7 @@ class TorchGpuBackend:
 
     def __init__(self, model: PanopticFCN, meta: CategoryMeta, device: str = "cuda", batch_size: int = 1,
                  precision: str = "fp16", cuda_graphs: bool | None = None, compile: bool = False,
-                 compile_mode: str = "max-autotune-no-cudagraphs", outputs: str = "all",
+                 compile_mode: str = "default", outputs: str = "all",
                  channels_last: bool | None = None, cfg=None, source: str = "PyTorch model",
                  max_graphs: int = 8):
         if precision not in HALF_DTYPES:
@@ -253,9 +254,10 @@ class TorchGpuBackend:
 
     @classmethod
     def from_predictor(cls, predictor: Predictor, **options) -> "TorchGpuBackend":
-        """The fast path of an opened PyTorch model (``open_model("model.pth")``), same weights and categories."""
+        """The fast path of an opened PyTorch model (``open_model("model.pth")``): same weights and categories, on
+        its own copy of the model (channels_last and device moves must not change the predictor's model)."""
         info = predictor.info
-        backend = cls(predictor.model, info.meta, device=options.pop("device", str(predictor.device)),
+        backend = cls(copy.deepcopy(predictor.model), info.meta, device=options.pop("device", str(predictor.device)),
                       batch_size=options.pop("batch_size", predictor.batch_size), source=info.source, **options)
         props = dict(info.props, precision=backend.precision)  # the checkpoint's config and its hash
         backend.info = dataclasses.replace(backend.info, props=props)

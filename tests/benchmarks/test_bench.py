@@ -1,5 +1,5 @@
-"""pfcn-bench on the small config: PyTorch, ONNX (end to end and network graphs) and official rows in one short run;
-the JSON validates; --compare exits 0 within the threshold and 1 past it."""
+"""pfcn-bench on the small config: PyTorch (eager, stages, the fast path), ONNX (end to end and network graphs) and
+official rows in one short run; the JSON validates; --compare exits 0 within the threshold and 1 past it."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def result(artifacts):
     out, ckpt, e2e, net = artifacts
     code = main(["--model", str(ckpt), str(e2e), str(net), "--sizes", f"{SIZE[0]}x{SIZE[1]}", "--warmup", "1",
                  "--iters", "2", "--threads", "2", "--out", str(out / "results"), "--name", "run", "--profile",
-                 "--no-progress"])
+                 "--fast", "fp32", "bf16+panoptic", "--no-progress"])
     assert code == 0
     return out / "results"
 
@@ -54,7 +54,13 @@ def test_bench_rows_and_json(result):
     doc = json.loads((result / "run.json").read_text())
     assert report.validate(doc) == []
     kinds = [r["kind"] for r in doc["rows"]]
-    assert kinds == ["official", "pytorch", "pytorch-stages", "onnxruntime", "onnxruntime-network"]
+    assert kinds == ["official", "pytorch", "pytorch-stages", "pytorch-fast", "pytorch-fast", "onnxruntime",
+                     "onnxruntime-network"]
+    fast = [r for r in doc["rows"] if r["kind"] == "pytorch-fast"]
+    assert [(r["label"], r["precision"]) for r in fast] == [
+        ("pytorch fast fp32 e2e (static buffers)", "fp32"),
+        ("pytorch fast bf16 e2e (static buffers, panoptic outputs)", "bf16")]
+    assert all(r["vs_official"] > 0 and r["artifact"] == "small.pth" for r in fast)
     rows = {r["kind"]: r for r in doc["rows"]}
     assert rows["official"]["vs_official"] == pytest.approx(1.0)
     assert set(rows["pytorch-stages"]["stages_s"]) == {"host_copies", "preprocess", "network", "postprocess", "merge"}
@@ -130,3 +136,17 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert main(["--sizes", "big"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.count("error:") == 3
+
+
+def test_fast_specs_are_checked(artifacts, capsys):
+    from pfcn.benchmarks.cli import parse_fast
+
+    assert parse_fast("FP16+panoptic+compile") == {"precision": "fp16", "outputs": "panoptic", "compile": True,
+                                                   "compile_mode": "default"}
+    assert parse_fast("fp32+eager") == {"precision": "fp32", "cuda_graphs": False}
+    out, ckpt, e2e, _ = artifacts
+    assert main(["--model", str(ckpt), "--fast", "fp8", "--out", str(out / "bad")]) == 2
+    assert main(["--model", str(ckpt), "--fast", "fp16+turbo", "--out", str(out / "bad")]) == 2
+    assert main(["--model", str(e2e), "--fast", "fp32", "--out", str(out / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "'fp8'" in err and "'turbo'" in err and "pass a .pth with --model" in err and "Traceback" not in err

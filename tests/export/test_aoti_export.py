@@ -41,15 +41,21 @@ H, W = 96, 128
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory):
-    """A calibrated small model, its checkpoint, a synthetic dataset with ground truth, and its CPU .pt2 built by
-    the CLI (the one compile of this module)."""
+def small(tmp_path_factory):
+    """A calibrated small model, its checkpoint and a synthetic dataset with ground truth."""
     root = tmp_path_factory.mktemp("aoti")
     gt_json = generate_dataset(root / "synth", 3, SynthSpec(height=H, width=W, num_things=3, num_stuff=3), seed=4,
                                progress=False)
     meta = CategoryMeta.from_json(gt_json)
     model, cfg = calibrated_model(SMALL_CONFIG, 0, [synthetic_image(H, W, 1)], HEADS)
     ckpt = save_checkpoint(root / "small.pth", model, meta, cfg_to_yaml(cfg))
+    return {"root": root, "gt_json": gt_json, "ckpt": ckpt, "cfg": cfg, "model": model, "meta": meta}
+
+
+@pytest.fixture(scope="module")
+def package(small):
+    """``small`` and its CPU .pt2 built by the CLI (the one CPU compile of this module)."""
+    root, ckpt = small["root"], small["ckpt"]
     out = root / "small.pt2"
     start = time.perf_counter()
     # the config comes from the checkpoint, as a user exporting a pfcn checkpoint does it
@@ -57,7 +63,7 @@ def package(tmp_path_factory):
     seconds = time.perf_counter() - start
     assert code == 0 and out.is_file()
     print(f"\nAOTInductor CPU package: {out.stat().st_size / 2**20:.1f} MB, exported + compiled in {seconds:.0f} s")
-    return {"root": root, "gt_json": gt_json, "ckpt": ckpt, "pt2": out, "cfg": cfg, "model": model, "meta": meta}
+    return dict(small, pt2=out)
 
 
 def test_package_carries_pfcn_metadata(package):
@@ -162,7 +168,8 @@ def test_export_refuses_what_a_package_cannot_be(package, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_cuda_package_matches_eager(package, precision, tmp_path):
+def test_cuda_package_matches_eager(small, precision, tmp_path):
+    package = small  # the CUDA packages are compiled here; the CPU one is not needed
     out = export_aoti(package["model"], package["cfg"], package["meta"], tmp_path / f"cuda_{precision}.pt2",
                       input_size=(H, W), device="cuda", precision=precision)
     backend = open_model(out, device="cuda")

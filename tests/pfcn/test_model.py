@@ -121,7 +121,9 @@ def test_eager_cpu_shortcuts_equal_the_static_path(small, images, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------- no host sync
-FORBIDDEN_NAMES = {"item", "tolist", "nonzero", "unique", "unique_consecutive", "argwhere", "masked_select", "numpy"}
+# value reads and shape-from-data ops; bincount and repeat_interleave read a maximum or a total on the host (CUDA)
+FORBIDDEN_NAMES = {"item", "tolist", "nonzero", "unique", "unique_consecutive", "argwhere", "masked_select", "numpy",
+                   "bincount", "repeat_interleave"}
 
 
 def code_names(path: Path) -> set[str]:
@@ -130,14 +132,14 @@ def code_names(path: Path) -> set[str]:
     return {t.string for t in tokens if t.type == tokenize.NAME}
 
 
-def unguarded_names(path: Path) -> set[str]:
-    """Identifiers used in a module's code outside the eager-CPU shortcuts: the body of ``if host_values_free(...):``
-    and the first branch of ``a if host_values_free(...) else b`` (where reading values on the host is free and
-    tracing, export, compilation and GPU runs never go)."""
+def unguarded_nodes(path: Path) -> list[ast.AST]:
+    """A module's AST nodes outside the eager-CPU shortcuts: the body of ``if host_values_free(...):`` and the first
+    branch of ``a if host_values_free(...) else b`` (where reading values on the host is free and tracing, export,
+    compilation and GPU runs never go)."""
     def guarded(test: ast.expr) -> bool:
         return any(isinstance(n, ast.Call) and getattr(n.func, "id", None) == "host_values_free" for n in ast.walk(test))
 
-    found: set[str] = set()
+    found: list[ast.AST] = []
 
     def visit(node: ast.AST) -> None:
         if isinstance(node, ast.If) and guarded(node.test):
@@ -147,10 +149,7 @@ def unguarded_names(path: Path) -> set[str]:
         if isinstance(node, ast.IfExp) and guarded(node.test):
             visit(node.orelse)
             return
-        if isinstance(node, ast.Name):
-            found.add(node.id)
-        elif isinstance(node, ast.Attribute):
-            found.add(node.attr)
+        found.append(node)
         for child in ast.iter_child_nodes(node):
             visit(child)
 
@@ -158,11 +157,24 @@ def unguarded_names(path: Path) -> set[str]:
     return found
 
 
+def unguarded_names(path: Path) -> set[str]:
+    """Identifiers (names and attributes) used outside the eager-CPU shortcuts."""
+    nodes = unguarded_nodes(path)
+    return {n.id for n in nodes if isinstance(n, ast.Name)} | {n.attr for n in nodes if isinstance(n, ast.Attribute)}
+
+
+def unguarded_host_copies(path: Path) -> list[int]:
+    """Lines that build a device tensor from host data (``torch.tensor`` / ``torch.as_tensor`` with ``device=``)
+    outside the shortcuts: a host-to-device copy, which a CUDA graph cannot capture."""
+    return [n.lineno for n in unguarded_nodes(path) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+            and n.func.attr in ("tensor", "as_tensor") and any(k.arg == "device" for k in n.keywords)]
+
+
 def test_inference_source_has_no_host_sync():
     """No host synchronisation on the static path; host values only inside the eager-CPU shortcuts."""
     used = unguarded_names(PFCN_DIR / "inference.py") & FORBIDDEN_NAMES
     assert not used, f"pfcn/inference.py uses data-dependent or host-syncing calls: {sorted(used)}"
-    assert code_names(PFCN_DIR / "inference.py") & FORBIDDEN_NAMES == {"tolist"}  # the shortcuts' only reads
+    assert code_names(PFCN_DIR / "inference.py") & FORBIDDEN_NAMES == {"tolist", "bincount"}  # the shortcuts
 
 
 def test_guard_sees_code_not_prose(tmp_path):
@@ -174,6 +186,16 @@ def test_guard_sees_code_not_prose(tmp_path):
     bad.write_text("if host_values_free(y):\n    n = y.tolist()\nelse:\n    n = y.item()\n"
                    "z = y.numpy() if host_values_free(y) else y.unique()\n")
     assert unguarded_names(bad) & FORBIDDEN_NAMES == {"item", "unique"}
+    bad.write_text("import torch\na = torch.as_tensor(3, device=d)\nb = torch.tensor([1])\n"
+                   "if host_values_free(y):\n    c = torch.tensor([2], device=d)\n")
+    assert unguarded_host_copies(bad) == [2]
+
+
+def test_static_path_makes_no_host_to_device_copies():
+    """A CUDA graph captures the forward only if no tensor is built from host data on the device along the way:
+    constants come from fill kernels (``torch.full``) or device arithmetic instead."""
+    for name in ("inference.py", "resize.py", "model.py", "heads.py", "layers.py", "backbone.py"):
+        assert unguarded_host_copies(PFCN_DIR / name) == [], name
 
 
 # ``int(x.shape[i])`` also warns while tracing, but reads a static shape (a constant of the fixed-size graph, e.g. the
