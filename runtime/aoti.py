@@ -133,8 +133,13 @@ class AotiBackend:
         torch = self.torch
         images = torch.from_numpy(np.ascontiguousarray(canvas, dtype=np.uint8)).to(self.device)
         sizes_t = torch.from_numpy(np.ascontiguousarray(sizes, dtype=np.int64)).to(self.device)
+        run = self.runner
+        if self.device.type == "cuda" and self.info.precision == "fp32":
+            from .torch_gpu import StrictFp32  # its convolutions call cuDNN at run time: no TF32 for FP32
+
+            run = StrictFp32(run)
         with torch.no_grad():
-            outputs = self.runner(images, sizes_t)
+            outputs = run(images, sizes_t)
         return dict(zip(self.output_names, outputs))
 
     def close(self) -> None:

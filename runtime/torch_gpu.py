@@ -90,6 +90,23 @@ class MixedPrecisionGraph(nn.Module):
         return tuple(out[name] for name in self.outputs)
 
 
+class StrictFp32:
+    """Calls a module with TF32 off: FP32 means FP32 on CUDA. PyTorch's default lets cuDNN run FP32 convolutions on
+    TF32 tensor cores (10-bit mantissa, FP16's precision), which moves mask thresholds and pixels against FP32 on the
+    CPU. The flags are global, so they are set around each call (capture included) and restored after it."""
+
+    def __init__(self, module: Callable):
+        self.module = module
+
+    def __call__(self, *args: Any) -> Any:
+        cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            return self.module(*args)
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+
+
 def signature(canvas_shape: Sequence[int], net_size: Sequence[int]) -> tuple[int, ...]:
     """What one captured graph serves: the canvas [B, 3, H, W] and the network canvas (Hn, Wn)."""
     return tuple(int(d) for d in canvas_shape) + tuple(int(d) for d in net_size)
@@ -209,7 +226,8 @@ class TorchGpuBackend:
         model, meta: a built, loaded PanopticFCN and its categories.
         device: "cuda[:i]" (or "cpu": eager static path, for tests and FP32 checks).
         batch_size: images per run within a network-canvas group.
-        precision: "fp32", "fp16" (CUDA autocast) or "bf16" (the same islands; runs on the CPU too).
+        precision: "fp32" (no TF32 on CUDA: ``StrictFp32``), "fp16" (CUDA autocast) or "bf16" (the same islands;
+            runs on the CPU too).
         cuda_graphs: capture and replay per input signature (default: on CUDA).
         compile: wrap the graph module in ``torch.compile`` (``mode``: its mode; CUDA graphs stay ours).
         outputs: "all" or "panoptic" (instance masks not copied to the host).
@@ -247,7 +265,8 @@ class TorchGpuBackend:
 
         def make_module(net_size: tuple[int, int]):
             module = MixedPrecisionGraph(model, meta, net_size, half, self.output_names, self.channels_last)
-            return torch.compile(module, mode=compile_mode, dynamic=False) if compile else module
+            module = torch.compile(module, mode=compile_mode, dynamic=False) if compile else module
+            return StrictFp32(module) if cuda and precision == "fp32" else module
 
         self.runner = StaticRunner(make_module, self.device, cuda if cuda_graphs is None else cuda_graphs,
                                    max_entries=max_graphs)
