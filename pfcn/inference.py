@@ -147,12 +147,8 @@ def fuse_thing_kernels(scores, classes, kernels, valid, embed, p: InferenceParam
 
     unit = kernels / kernels.norm(dim=2, keepdim=True).clamp(min=1e-8)
     similarity = torch.matmul(unit, unit.transpose(1, 2))  # [B, N, N]
-    # Slot numbers 0..n-1, read from the data rather than made by torch.arange: ``order`` (TopK with k = n) is a
-    # permutation of them. Inductor (torch 2.11, Triton) fails to generate the kernel that fuses an arange
-    # comparison with the gathers below ("list indices must be integers ... not NoneType" in get_block_shape).
-    # (sorted as float32, exact for these small integers: TensorRT's TopK takes no int64)
-    index = torch.sort(order[0].to(torch.float32)).values
-    upper = index.reshape(-1, 1) <= index.reshape(1, -1)  # triu(diagonal=0)
+    index = torch.arange(n, device=scores.device)
+    upper = index.reshape(-1, 1) <= index.reshape(1, -1)  # triu(diagonal=0) as a constant mask
     label = torch.where(upper, similarity, torch.zeros_like(similarity)) >= p.similar_thres
     if p.class_specific:
         label = label & (classes.unsqueeze(2) == classes.unsqueeze(1))

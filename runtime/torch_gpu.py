@@ -90,6 +90,34 @@ class MixedPrecisionGraph(nn.Module):
         return tuple(out[name] for name in self.outputs)
 
 
+def inductor_workarounds(device_type: str) -> dict[str, Any]:
+    """Inductor options that pfcn's pipeline needs on this torch when compiling for ``device_type``.
+
+    Before torch 2.14, Triton code generation fails on a kernel that fuses a gathered per-slot value into a
+    persistent reduction without an x dimension (``no_x_dim``), as kernel fusion's [N, N] claim matrix does
+    ("list indices must be integers or slices, not NoneType" in ``get_block_shape``; seen with torch 2.11 on an
+    H200). Without persistent reductions there is no such kernel. CPU code generation is not affected.
+    """
+    version = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+    if device_type == "cuda" and version < (2, 14):
+        return {"triton.persistent_reductions": False}
+    return {}
+
+
+class Compiled:
+    """``torch.compile`` of a module, called under ``inductor_workarounds`` (compilation happens at the first call)."""
+
+    def __init__(self, module: nn.Module, mode: str, device_type: str):
+        import torch._inductor.config as inductor_config
+
+        self.module = torch.compile(module, mode=mode, dynamic=False)
+        self.config, self.options = inductor_config, inductor_workarounds(device_type)
+
+    def __call__(self, *args: Any) -> Any:
+        with self.config.patch(self.options):
+            return self.module(*args)
+
+
 class StrictFp32:
     """Calls a module with TF32 off: FP32 means FP32 on CUDA. PyTorch's default lets cuDNN run FP32 convolutions on
     TF32 tensor cores (10-bit mantissa, FP16's precision), which moves mask thresholds and pixels against FP32 on the
@@ -265,7 +293,7 @@ class TorchGpuBackend:
 
         def make_module(net_size: tuple[int, int]):
             module = MixedPrecisionGraph(model, meta, net_size, half, self.output_names, self.channels_last)
-            module = torch.compile(module, mode=compile_mode, dynamic=False) if compile else module
+            module = Compiled(module, compile_mode, self.device.type) if compile else module
             return StrictFp32(module) if cuda and precision == "fp32" else module
 
         self.runner = StaticRunner(make_module, self.device, cuda if cuda_graphs is None else cuda_graphs,
