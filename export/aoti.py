@@ -117,9 +117,7 @@ def export_aoti(model: PanopticFCN, cfg, meta: CategoryMeta, out: str | Path,
           file=sys.stderr)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}.pt2")  # AOTInductor insists on the .pt2 suffix
-    from pfcn.runtime.torch_gpu import inductor_workarounds
-
-    options: dict[str, Any] = {"aot_inductor.metadata": props, **inductor_workarounds(props["device"])}
+    options: dict[str, Any] = {"aot_inductor.metadata": props}
     try:
         with Spinner("pfcn-export: AOTInductor compile"):
             torch._inductor.aoti_compile_and_package(program, package_path=str(tmp), inductor_configs=options)

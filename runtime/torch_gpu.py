@@ -31,6 +31,7 @@ from torch import nn
 
 from pfcn.contract import E2E_OUTPUTS, ArtifactInfo
 from pfcn.inference import HeadOutputs, dataset_category_ids, postprocess
+from pfcn.layers import Conv2d, FrozenBatchNorm2d, ModulatedDeformConv
 from pfcn.metadata import CategoryMeta
 from pfcn.model import PanopticFCN
 from pfcn.predictor import Predictor, category_tables, check_device
@@ -90,32 +91,29 @@ class MixedPrecisionGraph(nn.Module):
         return tuple(out[name] for name in self.outputs)
 
 
-def inductor_workarounds(device_type: str) -> dict[str, Any]:
-    """Inductor options that pfcn's pipeline needs on this torch when compiling for ``device_type``.
+@torch.no_grad()
+def fold_frozen_bn(model: nn.Module) -> int:
+    """Fold every frozen BN that follows a convolution into the convolution's weight and bias, in place; returns how
+    many were folded.
 
-    Before torch 2.14, Triton code generation fails on a kernel that fuses a gathered per-slot value into a
-    persistent reduction without an x dimension (``no_x_dim``), as kernel fusion's [N, N] claim matrix does
-    ("list indices must be integers or slices, not NoneType" in ``get_block_shape``; seen with torch 2.11 on an
-    H200). Without persistent reductions there is no such kernel. CPU code generation is not affected.
+    The network then runs one kernel per convolution instead of two. On an H200 (FP16, R50 at 800x1333) the 53 BN
+    kernels took 3.9 ms of the image's 42 ms of GPU time. The map is the same up to rounding, as in every ONNX export
+    (the fold is computed in float64 and rounded once).
     """
-    version = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
-    if device_type == "cuda" and version < (2, 14):
-        return {"triton.persistent_reductions": False}
-    return {}
-
-
-class Compiled:
-    """``torch.compile`` of a module, called under ``inductor_workarounds`` (compilation happens at the first call)."""
-
-    def __init__(self, module: nn.Module, mode: str, device_type: str):
-        import torch._inductor.config as inductor_config
-
-        self.module = torch.compile(module, mode=mode, dynamic=False)
-        self.config, self.options = inductor_config, inductor_workarounds(device_type)
-
-    def __call__(self, *args: Any) -> Any:
-        with self.config.patch(self.options):
-            return self.module(*args)
+    folded = 0
+    for module in model.modules():
+        norm = getattr(module, "norm", None)
+        if not isinstance(norm, FrozenBatchNorm2d) or not isinstance(module, (Conv2d, ModulatedDeformConv)):
+            continue
+        scale = norm.weight.double() * (norm.running_var.double() + norm.eps).rsqrt()
+        shift = norm.bias.double() - norm.running_mean.double() * scale
+        bias = module.bias.double() if module.bias is not None else torch.zeros_like(shift)
+        dtype = module.weight.dtype
+        module.weight.copy_((module.weight.double() * scale.reshape(-1, 1, 1, 1)).to(dtype))
+        module.bias = nn.Parameter((bias * scale + shift).to(dtype), requires_grad=False)
+        module.norm = None
+        folded += 1
+    return folded
 
 
 class StrictFp32:
@@ -260,6 +258,9 @@ class TorchGpuBackend:
         compile: wrap the graph module in ``torch.compile`` (``mode``: its mode; CUDA graphs stay ours).
         outputs: "all" or "panoptic" (instance masks not copied to the host).
         channels_last: NHWC activations and weights (default: on CUDA).
+        fold_bn: fold frozen BNs into their convolutions (``fold_frozen_bn``; default: on CUDA). Off, the CPU
+            static path gives exactly the eager results.
+    The backend works on its own copy of ``model``.
     """
 
     name = "pytorch-fast"
@@ -267,8 +268,8 @@ class TorchGpuBackend:
     def __init__(self, model: PanopticFCN, meta: CategoryMeta, device: str = "cuda", batch_size: int = 1,
                  precision: str = "fp16", cuda_graphs: bool | None = None, compile: bool = False,
                  compile_mode: str = "default", outputs: str = "all",
-                 channels_last: bool | None = None, cfg=None, source: str = "PyTorch model",
-                 max_graphs: int = 8):
+                 channels_last: bool | None = None, fold_bn: bool | None = None, cfg=None,
+                 source: str = "PyTorch model", max_graphs: int = 8):
         if precision not in HALF_DTYPES:
             raise ValueError(f"precision {precision!r}: choose {', '.join(HALF_DTYPES)}")
         if outputs not in OUTPUT_SETS:
@@ -278,7 +279,8 @@ class TorchGpuBackend:
             raise ValueError("precision fp16 runs on CUDA (autocast); on the CPU use fp32 or bf16")
         cuda = self.device.type == "cuda"
         self.channels_last = cuda if channels_last is None else bool(channels_last)
-        model = model.to(self.device).eval()
+        model = copy.deepcopy(model).to(self.device).eval()  # its own copy: folding and layouts change it
+        self.folded_bn = fold_frozen_bn(model) if (cuda if fold_bn is None else fold_bn) else 0
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model, self.precision, self.output_set = model, precision, outputs
@@ -293,7 +295,7 @@ class TorchGpuBackend:
 
         def make_module(net_size: tuple[int, int]):
             module = MixedPrecisionGraph(model, meta, net_size, half, self.output_names, self.channels_last)
-            module = Compiled(module, compile_mode, self.device.type) if compile else module
+            module = torch.compile(module, mode=compile_mode, dynamic=False) if compile else module
             return StrictFp32(module) if cuda and precision == "fp32" else module
 
         self.runner = StaticRunner(make_module, self.device, cuda if cuda_graphs is None else cuda_graphs,
@@ -302,9 +304,9 @@ class TorchGpuBackend:
     @classmethod
     def from_predictor(cls, predictor: Predictor, **options) -> "TorchGpuBackend":
         """The fast path of an opened PyTorch model (``open_model("model.pth")``): same weights and categories, on
-        its own copy of the model (channels_last and device moves must not change the predictor's model)."""
+        its own copy of the model."""
         info = predictor.info
-        backend = cls(copy.deepcopy(predictor.model), info.meta, device=options.pop("device", str(predictor.device)),
+        backend = cls(predictor.model, info.meta, device=options.pop("device", str(predictor.device)),
                       batch_size=options.pop("batch_size", predictor.batch_size), source=info.source, **options)
         props = dict(info.props, precision=backend.precision)  # the checkpoint's config and its hash
         backend.info = dataclasses.replace(backend.info, props=props)

@@ -14,7 +14,8 @@ from pfcn.predictor import Predictor, default_meta
 from pfcn.runtime import predict
 from pfcn.runtime.backend import canvas_for
 from pfcn.runtime.compare import result_agreement
-from pfcn.runtime.torch_gpu import PANOPTIC_OUTPUTS, TorchGpuBackend, signature
+from pfcn.layers import Conv2d, FrozenBatchNorm2d, ModulatedDeformConv
+from pfcn.runtime.torch_gpu import PANOPTIC_OUTPUTS, StrictFp32, TorchGpuBackend, fold_frozen_bn, signature
 
 from ..pfcn.parity import SMALL_CONFIG, calibrated_model, synthetic_image
 
@@ -106,6 +107,59 @@ def test_from_predictor_keeps_the_checkpoint_identity(small):
     fast = TorchGpuBackend.from_predictor(base, precision="bf16", outputs="panoptic")
     assert fast.info.config_hash == "abc" and fast.info.precision == "bf16" and fast.info.source == "weights.pth"
     assert fast.name == "pytorch-fast" and fast.max_batch() == 1
+
+
+def _random_bn(channels: int, gen: torch.Generator) -> FrozenBatchNorm2d:
+    bn = FrozenBatchNorm2d(channels)
+    bn.weight.copy_(torch.rand(channels, generator=gen) + 0.5)
+    bn.bias.copy_(torch.randn(channels, generator=gen))
+    bn.running_mean.copy_(torch.randn(channels, generator=gen))
+    bn.running_var.copy_(torch.rand(channels, generator=gen) + 0.1)
+    return bn
+
+
+def test_fold_frozen_bn_keeps_each_layer_map():
+    gen = torch.Generator().manual_seed(0)
+    conv = Conv2d(8, 16, 3, padding=1, bias=False, norm=_random_bn(16, gen), activation=torch.relu)
+    deform = ModulatedDeformConv(8, 16, norm=_random_bn(16, gen))
+    x = torch.randn(2, 8, 12, 12, generator=gen)
+    offset, mask = torch.randn(2, 18, 12, 12, generator=gen), torch.rand(2, 9, 12, 12, generator=gen)
+    with torch.no_grad():
+        ref = conv(x), deform(x, offset, mask)
+        model = torch.nn.ModuleList([conv, deform])
+        assert fold_frozen_bn(model) == 2 and conv.norm is None and deform.norm is None
+        assert fold_frozen_bn(model) == 0  # nothing left to fold
+        out = conv(x), deform(x, offset, mask)
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_folded_backend_matches_eager():
+    """An R50-like body (frozen BN, calibrated statistics) through the fast path with its BNs folded."""
+    model, cfg = calibrated_model(SMALL_CONFIG, 0, [synthetic_image(H, W, 1)], ["MODEL.RESNETS.NORM", "FrozenBN"])
+    meta = default_meta(cfg)
+    bns = sum(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    fast = TorchGpuBackend(model, meta, device="cpu", precision="fp32", fold_bn=True)
+    assert fast.folded_bn == bns > 0 and not any(isinstance(m, FrozenBatchNorm2d) for m in fast.model.modules())
+    assert sum(isinstance(m, FrozenBatchNorm2d) for m in model.modules()) == bns  # the caller's model is unchanged
+    images = [synthetic_image(H, W, s) for s in (21, 22)]
+    for a, b in zip(predict(Predictor(model, meta), images), predict(fast, images)):
+        agreement = result_agreement(a, b)
+        assert agreement.pixel_agreement >= 0.999 and agreement.category_mismatch == 0, agreement
+
+
+def test_strict_fp32_turns_tf32_off_for_the_call_only():
+    seen = []
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        StrictFp32(lambda x: seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)))(1)
+        assert seen == [(False, False)] and torch.backends.cudnn.allow_tf32
+        with pytest.raises(ZeroDivisionError):
+            StrictFp32(lambda x: 1 / x)(0)
+        assert torch.backends.cudnn.allow_tf32  # restored after an error too
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def test_bad_options(small):
