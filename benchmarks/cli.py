@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", nargs="+", default=[], metavar="SPEC",
                    help="rows of the PyTorch fast path on the checkpoint's weights: a precision (fp32, fp16, bf16) "
                         "joined by '+' to options: panoptic (instance masks stay on the device), compile "
-                        "(torch.compile), eager (no CUDA graphs); e.g. fp16 fp16+panoptic+compile")
+                        "(torch.compile), eager (no CUDA graphs), interpolate (the official F.interpolate resize, one "
+                        "graph per image size); e.g. fp16 fp16+panoptic+compile")
     p.add_argument("--no-official", action="store_true", help="skip the official baseline row")
     p.add_argument("--no-stages", action="store_true", help="skip the per-stage PyTorch row")
     p.add_argument("--no-interleave", action="store_true",
@@ -107,7 +108,8 @@ def image_pool(size: tuple[int, int], folder: str | None, count: int) -> list[np
 
 
 # ------------------------------------------------------------------------------------------------ models
-FAST_OPTIONS = {"panoptic": ("outputs", "panoptic"), "compile": ("compile", True), "eager": ("cuda_graphs", False)}
+FAST_OPTIONS = {"panoptic": ("outputs", "panoptic"), "compile": ("compile", True), "eager": ("cuda_graphs", False),
+                "interpolate": ("resize", "interpolate")}
 
 
 def parse_fast(spec: str) -> dict[str, Any]:
@@ -134,6 +136,8 @@ def fast_label(backend: Any, options: dict[str, Any]) -> str:
         parts.append("panoptic outputs")
     if options.get("compile"):
         parts.append("torch.compile")
+    if options.get("resize") == "interpolate":
+        parts.append("interpolate resize")
     return f"pytorch fast {backend.precision} e2e ({', '.join(parts)})"
 
 

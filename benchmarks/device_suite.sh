@@ -10,7 +10,7 @@
 # 2. without --model: a random-weight R50-1x checkpoint, calibrated on the images so its heads fire like a trained
 #    network's (the official baseline's dynamic post-processing depends on how many candidates pass)
 # 3. pfcn-bench on the R50 at 800x1333, batch 1: official baseline, eager FP32 (+ stages), the fast path
-#    (FP32 / FP16 + CUDA graphs, all and panoptic-only outputs)             -> DIR/device_suite_b1.{json,md,png}
+#    (FP32 / FP16 + CUDA graphs, all and panoptic-only outputs, F.interpolate resize) -> DIR/device_suite_b1.*
 # 4. the GPU tests of the fast path (pytest -m gpu)                          -> DIR/gpu_tests_fast.txt
 # 5. pfcn-bench batch 8                                                     -> DIR/device_suite_b8.*
 # 6. pfcn-bench batch 1 with torch.compile (its own run: compiling can take minutes) -> DIR/device_suite_compiled.*
@@ -129,7 +129,7 @@ BENCH=("$PY" -m pfcn.benchmarks.cli --sizes 800x1333 --device cuda --out "$OUT" 
 
 # 3. batch 1: official, eager, stages and the fast path --------------------------------------------------------------
 step "pfcn-bench batch 1" 90 "$OUT/bench_b1.txt" -- "${BENCH[@]}" --model "$MODEL" --batch 1 --warmup 3 --iters 30 \
-  --fast fp32 fp16 fp16+panoptic --name device_suite_b1
+  --fast fp32 fp16 fp16+panoptic fp16+panoptic+interpolate --name device_suite_b1
 
 # 4. the fast path's GPU tests (parity of FP32/FP16 CUDA graphs and torch.compile with FP32 eager) ---------------------
 step "gpu tests: fast path" 120 "$OUT/gpu_tests_fast.txt" -- "$PY" -m pytest -q -m gpu -p no:cacheprovider \
@@ -137,7 +137,7 @@ step "gpu tests: fast path" 120 "$OUT/gpu_tests_fast.txt" -- "$PY" -m pytest -q 
 
 # 5. batch 8 ---------------------------------------------------------------------------------------------------------
 step "pfcn-bench batch 8" 90 "$OUT/bench_b8.txt" -- "${BENCH[@]}" --model "$MODEL" --batch 8 --warmup 2 --iters 8 \
-  --no-stages --fast fp16 fp16+panoptic --name device_suite_b8
+  --no-stages --fast fp16 fp16+panoptic fp16+panoptic+interpolate --name device_suite_b8
 
 # 6. batch 1 with torch.compile (its own run, so a slow compile cannot cost the other rows) --------------------------
 step "pfcn-bench batch 1, torch.compile" 100 "$OUT/bench_compiled.txt" -- "${BENCH[@]}" --model "$MODEL" --batch 1 \

@@ -300,6 +300,10 @@ def panoptic_merge(masks: torch.Tensor, scores: torch.Tensor, valid: torch.Tenso
     """
     b, k, h, w = masks.shape
     active = valid & (scores >= p.combine_inst_thresh)
+    # every slot's area at once (20 slots at a time: bounded temporaries), zero for inactive slots: the scan then
+    # counts only the overlap, and an inactive slot (area 0) is rejected and takes no pixel, as if masked out
+    area_all = torch.cat([_count_pixels(masks[:, s:s + RESIZE_CHUNK]) for s in range(0, k, RESIZE_CHUNK)], 1)
+    area_all = area_all * active.to(area_all.dtype)
     occupied = torch.zeros_like(masks[:, 0])
     # An inactive slot takes no pixel and changes nothing, so eager CPU runs scan the active ones only.
     scanned = active.any(0).tolist() if host_values_free(masks) else [True] * k
@@ -310,8 +314,8 @@ def panoptic_merge(masks: torch.Tensor, scores: torch.Tensor, valid: torch.Tenso
             accepted.append(no)
             areas.append(zero)
             continue
-        m = masks[:, i] & active[:, i].reshape(b, 1, 1)
-        area = _count_pixels(m)
+        m = masks[:, i]
+        area = area_all[:, i]
         overlap = _count_pixels(m & occupied)
         ok = (area > 0) & ~(overlap.to(torch.float32) > p.overlap_thresh * area.to(torch.float32))
         occupied = occupied | (m & ok.reshape(b, 1, 1))
@@ -383,8 +387,8 @@ def generate_kernels(heads: HeadOutputs, thing_embed, stuff_embed, p: InferenceP
 
 
 def postprocess(heads: HeadOutputs, thing_embed, stuff_embed, resized: torch.Tensor, original: torch.Tensor,
-                canvas_hw: tuple[int, int], p: InferenceParams,
-                merge: PanopticMerge | None = None) -> dict[str, torch.Tensor]:
+                canvas_hw: tuple[int, int], p: InferenceParams, merge: PanopticMerge | None = None,
+                shapes: list[tuple[list[int], list[int]]] | None = None) -> dict[str, torch.Tensor]:
     """From network outputs to the full panoptic result at the original image sizes, with fixed shapes.
 
     Args:
@@ -393,6 +397,10 @@ def postprocess(heads: HeadOutputs, thing_embed, stuff_embed, resized: torch.Ten
         thing_embed, stuff_embed: the 1x1 kernel generators, as callables on [..., C] rows.
         original: [B, 2] original (h, w) of each image; results are placed top-left in a ``canvas_hw`` canvas.
         merge: the model's PanopticMerge module (default: one built from ``p``).
+        shapes: each image's resized and original (h, w) as Python ints, when the caller knows them without reading
+            the device (the GPU fast path, from the host-side sizes): the official two ``F.interpolate`` calls then
+            resize the maps to the original size, static for those sizes. Eager CPU runs read them from
+            ``resized`` and ``original``; without them the static gather passes run.
     Returns:
         dict of tensors, see ``OUTPUT_NAMES`` (K = TOP_NUM instance slots, S stuff classes):
         panoptic [B, H, W] int32; semantic [B, H, W] int64; instance_masks [B, K, H, W] bool; instance_scores,
@@ -404,8 +412,9 @@ def postprocess(heads: HeadOutputs, thing_embed, stuff_embed, resized: torch.Ten
     scores, classes, valid, thing_probs = thing_masks(scores, classes, kernels, valid, heads.encoded, p)
     st_probs = torch.sigmoid(mask_logits(st_kernels, heads.encoded)) * st_valid.to(st_kernels.dtype)[..., None, None]
 
-    if host_values_free(thing_probs):
+    if shapes is None and host_values_free(thing_probs):
         shapes = list(zip(resized.tolist(), original.tolist()))
+    if shapes is not None:
         channels = 1  # chunks [B, c, H, W]
 
         def full_size(maps):

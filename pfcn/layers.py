@@ -97,10 +97,12 @@ class ModulatedDeformConv(nn.Module):
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # in the weights' precision (FP32) on every device: under CPU autocast torchvision has no FP32 rule for this
-        # op and its CPU kernel has no bf16/fp16 version (no-op casts otherwise, and nothing in a traced graph)
+        # op and its CPU kernel has no bf16/fp16 version. Cast only what differs: an exported graph must not gain
+        # Cast nodes (the FP16 pass would keep them as FP32 islands)
         dtype = self.weight.dtype
-        x = deform_conv2d(x.to(dtype), offset.to(dtype), self.weight, self.bias, stride=self.stride,
-                          padding=self.padding, dilation=self.dilation, mask=mask.to(dtype))
+        x, offset, mask = (t if t.dtype == dtype else t.to(dtype) for t in (x, offset, mask))
+        x = deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=self.padding,
+                          dilation=self.dilation, mask=mask)
         if self.norm is not None:
             x = self.norm(x)
         if self.activation is not None:

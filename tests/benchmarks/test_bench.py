@@ -144,6 +144,7 @@ def test_fast_specs_are_checked(artifacts, capsys):
     assert parse_fast("FP16+panoptic+compile") == {"precision": "fp16", "outputs": "panoptic", "compile": True,
                                                    "compile_mode": "default"}
     assert parse_fast("fp32+eager") == {"precision": "fp32", "cuda_graphs": False}
+    assert parse_fast("fp16+interpolate") == {"precision": "fp16", "resize": "interpolate"}
     out, ckpt, e2e, _ = artifacts
     assert main(["--model", str(ckpt), "--fast", "fp8", "--out", str(out / "bad")]) == 2
     assert main(["--model", str(ckpt), "--fast", "fp16+turbo", "--out", str(out / "bad")]) == 2

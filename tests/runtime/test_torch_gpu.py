@@ -162,6 +162,23 @@ def test_strict_fp32_turns_tf32_off_for_the_call_only():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
+def test_interpolate_resize_is_the_official_kernel_per_size(small):
+    """resize="interpolate": the official F.interpolate calls with the sizes read on the host, one module (graph) per
+    canvas and image sizes; on the CPU that is exactly what the eager path computes."""
+    model, meta = small
+    eager = Predictor(model, meta)
+    fast = TorchGpuBackend(model, meta, device="cpu", precision="fp32", resize="interpolate", batch_size=2)
+    a, b = synthetic_image(H, W, 31), synthetic_image(80, 100, 32)  # same network canvas, different sizes
+    for images in ([a], [a], [b], [a, b]):
+        canvas, sizes = canvas_for(fast, images)
+        out, ref = fast.run(canvas, sizes), eager.run(canvas, sizes)
+        for name, value in ref.items():
+            np.testing.assert_array_equal(out[name], value.numpy(), err_msg=name)
+    assert fast.runner.builds == 3  # [a] once, [b], and the batch [a, b]: sizes are part of the signature
+    key = signature((1, 3, H, W), model.network_size(H, W), np.array([[H, W]]))
+    assert key in fast.runner.entries
+
+
 def test_bad_options(small):
     model, meta = small
     with pytest.raises(ValueError, match="precision fp16 runs on CUDA"):
@@ -170,6 +187,8 @@ def test_bad_options(small):
         TorchGpuBackend(model, meta, device="cpu", outputs="masks")
     with pytest.raises(ValueError, match="precision 'int8'"):
         TorchGpuBackend(model, meta, device="cpu", precision="int8")
+    with pytest.raises(ValueError, match="resize 'nearest'"):
+        TorchGpuBackend(model, meta, device="cpu", resize="nearest")
 
 
 # ------------------------------------------------------------------------------------------------ GPU
@@ -178,7 +197,8 @@ def test_bad_options(small):
     ({"precision": "fp16", "cuda_graphs": True}, 0.99),
     ({"precision": "fp16", "cuda_graphs": True, "outputs": "panoptic"}, 0.99),
     ({"precision": "fp16", "cuda_graphs": True, "compile": True}, 0.99),
-], ids=["fp32-graphs", "fp16-graphs", "fp16-graphs-panoptic", "fp16-graphs-compiled"])
+    ({"precision": "fp16", "cuda_graphs": True, "resize": "interpolate"}, 0.99),
+], ids=["fp32-graphs", "fp16-graphs", "fp16-graphs-panoptic", "fp16-graphs-compiled", "fp16-graphs-interpolate"])
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_paths_match_fp32_eager(small, options, min_agreement):
