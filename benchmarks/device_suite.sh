@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
     --python) PY="$2"; shift 2 ;;
     --wheels) WHEELS="$2"; shift 2 ;;
     --budget) BUDGET="$2"; shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "device_suite: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
