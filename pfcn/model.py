@@ -102,21 +102,28 @@ class PanopticFCN(nn.Module):
         shrinking), then channel order, mean/std, and zero padding.
         """
         hn, wn = net_size
-        resized = shortest_edge_size(sizes, self.min_size_test, self.max_size_test)
-        # An image whose resized size does not fit the canvas (a fixed-size graph fed an image of another aspect
-        # ratio) is squeezed into it rather than cropped; within its own canvas this never triggers.
-        if isinstance(hn, int) and isinstance(wn, int) and not torch.jit.is_tracing():
-            # device arithmetic only: no host-to-device copy, so a CUDA graph can capture the whole forward
-            resized = torch.stack([resized[:, 0].clamp(max=hn), resized[:, 1].clamp(max=wn)], 1)
-        else:  # a traced ONNX graph (the canvas may be a traced shape)
-            limit = torch.stack([torch.as_tensor(hn), torch.as_tensor(wn)]).to(resized).reshape(1, 2)
-            resized = torch.minimum(resized, limit)
+        resized = self.resized_sizes(sizes, net_size)
         # A fixed network canvas comes with a fixed input canvas (dynamic graphs trace both as tensors), so its
         # shape is a constant and bounds how much any image can shrink: the resize reads a fixed window of pixels.
         fixed = isinstance(hn, int) and isinstance(wn, int)
         shrink = self.max_shrink((int(images.shape[2]), int(images.shape[3])), (hn, wn)) if fixed else None
         x = pil_bilinear_resize(images, sizes, resized, (hn, wn), shrink)  # [B, 3, hn, wn] integers 0..255
         return self.normalize_resized(x, resized, (hn, wn)), resized
+
+    def resized_sizes(self, sizes: torch.Tensor, net_size: tuple[int, int]) -> torch.Tensor:
+        """[B, 2] int64 (h, w) of each image after the shortest-edge rule, within a ``net_size`` canvas.
+
+        An image whose resized size does not fit the canvas (a fixed-size graph fed an image of another aspect ratio)
+        is squeezed into it rather than cropped; within its own canvas this never triggers.
+        """
+        hn, wn = net_size
+        resized = shortest_edge_size(sizes, self.min_size_test, self.max_size_test)
+        if isinstance(hn, int) and isinstance(wn, int) and not torch.jit.is_tracing():
+            # device arithmetic only: no host-to-device copy, so a CUDA graph can capture the whole forward
+            return torch.stack([resized[:, 0].clamp(max=hn), resized[:, 1].clamp(max=wn)], 1)
+        # a traced ONNX graph (the canvas may be a traced shape)
+        limit = torch.stack([torch.as_tensor(hn), torch.as_tensor(wn)]).to(resized).reshape(1, 2)
+        return torch.minimum(resized, limit)
 
     def max_shrink(self, in_hw: tuple[int, int], net_hw: tuple[int, int]) -> float:
         """A bound on ``size / resized size`` along either axis for any image that fits an ``in_hw`` canvas and is

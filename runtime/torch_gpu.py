@@ -35,7 +35,6 @@ from pfcn.layers import Conv2d, FrozenBatchNorm2d, ModulatedDeformConv
 from pfcn.metadata import CategoryMeta
 from pfcn.model import PanopticFCN
 from pfcn.predictor import Predictor, category_tables, check_device
-from pfcn.resize import shortest_edge_size
 
 PANOPTIC_OUTPUTS = tuple(n for n in E2E_OUTPUTS if n != "instance_masks")
 OUTPUT_SETS = {"all": E2E_OUTPUTS, "panoptic": PANOPTIC_OUTPUTS}
@@ -141,12 +140,12 @@ class StrictFp32:
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
 
 
-def host_shapes(model: PanopticFCN, sizes: np.ndarray, net_size: Sequence[int]) -> list[tuple[list[int], list[int]]]:
-    """Each image's resized and original (h, w) as ints, from the host-side sizes: ``PanopticFCN.preprocess``'s rule
-    (shortest edge, then clamped to the network canvas) computed on the host."""
+def host_shapes(model: PanopticFCN, sizes: np.ndarray, net_size: tuple[int, int]
+                ) -> list[tuple[list[int], list[int]]]:
+    """Each image's resized and original (h, w) as ints, computed on the host from the host-side sizes with the
+    model's own rule (``PanopticFCN.resized_sizes``, which ``preprocess`` applies on the device)."""
     original = torch.as_tensor(np.asarray(sizes, dtype=np.int64))
-    resized = shortest_edge_size(original, model.min_size_test, model.max_size_test)
-    resized = torch.minimum(resized, torch.tensor([[int(net_size[0]), int(net_size[1])]]))
+    resized = model.resized_sizes(original, (int(net_size[0]), int(net_size[1])))
     return list(zip(resized.tolist(), original.tolist()))
 
 
