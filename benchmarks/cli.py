@@ -130,13 +130,14 @@ def parse_fast(spec: str) -> dict[str, Any]:
     return options
 
 
-def fast_label(backend: Any, options: dict[str, Any]) -> str:
+def fast_label(backend: Any) -> str:
+    """A fast-path row's label, from what the backend does."""
     parts = ["CUDA graphs" if backend.runner.cuda_graphs else "static buffers"]
-    if options.get("outputs") == "panoptic":
+    if backend.output_set == "panoptic":
         parts.append("panoptic outputs")
-    if options.get("compile"):
+    if backend.compiled:
         parts.append("torch.compile")
-    if options.get("resize") == "interpolate":
+    if backend.resize == "interpolate":
         parts.append("interpolate resize")
     return f"pytorch fast {backend.precision} e2e ({', '.join(parts)})"
 
@@ -189,9 +190,8 @@ def _open_fast(args: argparse.Namespace, pytorch: Opened | None) -> list[tuple[O
 
     out = []
     for spec in args.fast:
-        options = parse_fast(spec)
-        backend = TorchGpuBackend.from_predictor(pytorch.backend, **options)
-        out.append((Opened(pytorch.path, backend, "pytorch-fast", pytorch.cfg), fast_label(backend, options)))
+        backend = TorchGpuBackend.from_predictor(pytorch.backend, **parse_fast(spec))
+        out.append((Opened(pytorch.path, backend, "pytorch-fast", pytorch.cfg), fast_label(backend)))
     return out
 
 
