@@ -119,6 +119,31 @@ def test_parity_compares_two_artifacts_and_names_config_differences(setup, capsy
     assert report["config_differences"] and code in (0, 1)
 
 
+def test_weights_path_and_training_keys_are_not_config_differences():
+    """A checkpoint loaded with --weights records MODEL.WEIGHTS in its config, the ONNX graph exported from it does
+    not: the same model, so no "different configs" warning (the demo printed one before its gates passed)."""
+    from pfcn.contract import ArtifactInfo
+    from pfcn.predictor import default_meta
+    from pfcn.tools.parity import config_difference
+
+    from pfcn.config import load_config
+
+    meta = default_meta(load_config(SMALL_CONFIG, []))
+
+    def artifact(text: str) -> ArtifactInfo:
+        return ArtifactInfo(source="x", props={"config": text, "config_hash": str(hash(text))}, meta=meta,
+                            graph="e2e", batch=None, fixed_hw=None, net_size=None, dynamic_range=None,
+                            precision="fp32")
+
+    base = "MODEL:\n  WEIGHTS: ''\n  POSITION_HEAD:\n    THING:\n      THRES: 0.05\nSOLVER:\n  BASE_LR: 0.01\n"
+    same = base.replace("WEIGHTS: ''", "WEIGHTS: run/model_final.pth").replace("0.01", "0.02")
+    other = same.replace("0.05", "0.3")
+    assert config_difference(artifact(base), artifact(same)) == []
+    assert config_difference(artifact(base), artifact(other)) == [
+        "MODEL.POSITION_HEAD.THING.THRES: 0.05 vs 0.3", "MODEL.WEIGHTS: '' vs 'run/model_final.pth'",
+        "SOLVER.BASE_LR: 0.01 vs 0.02"]
+
+
 def test_parity_bad_inputs(setup, tmp_path, capsys):
     root, gt_json, ckpt = setup
     bogus = tmp_path / "bogus.onnx"
