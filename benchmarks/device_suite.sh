@@ -95,7 +95,8 @@ x = torch.randn(1024, 1024, device="cuda")
 torch.cuda.synchronize()
 print("CUDA kernel launch: ok", float((x @ x).sum()) == float((x @ x).sum()))
 import pfcn, pfcn.runtime.torch_gpu
-print("pfcn", pfcn.__version__, "from", pfcn.__file__)
+import os
+print("pfcn", pfcn.__version__, "from", os.path.relpath(pfcn.__file__))
 EOF
 
 # 2. the R50 checkpoint --------------------------------------------------------------------------------------------
