@@ -127,7 +127,8 @@ def gpu_gemm_peak(device: str, n: int = 8192, repeats: int = 10) -> dict[str, An
     """The GPU's matrix peak per precision, measured: n x n x n products timed with CUDA events, best of ``repeats``.
 
     FP32 rows are held to the TF32 tensor-core rate: cuDNN runs FP32 convolutions in TF32 by default
-    (``torch.backends.cudnn.allow_tf32``), so that is the rate the eager FP32 network can reach.
+    (``torch.backends.cudnn.allow_tf32``), so that is the rate the eager FP32 network can reach (the fast path's
+    strict FP32 cannot).
     ``peak_flops`` is the FP16 rate (the fastest precision the rows use)."""
     dev = torch.device(device)
     rates: dict[str, float] = {}
@@ -154,7 +155,7 @@ def gpu_gemm_peak(device: str, n: int = 8192, repeats: int = 10) -> dict[str, An
         torch.cuda.empty_cache()
     return {"method": f"{n}x{n} @ {n}x{n} matmul on {torch.cuda.get_device_name(dev)}, best of {repeats} after a "
                       "warm-up (CUDA events); fp32 = TF32 tensor cores, cuDNN's default for FP32 convolutions",
-            "threads": None, "n": n, "rates_flops": rates, "by_precision": rates, "peak_flops": rates["fp16"]}
+            "threads": None, "n": n, "by_precision": rates, "peak_flops": rates["fp16"]}
 
 
 def cached_gemm_peak(cache: Path | None, key: str, threads: int | None) -> dict[str, Any]:

@@ -304,9 +304,10 @@ def panoptic_merge(masks: torch.Tensor, scores: torch.Tensor, valid: torch.Tenso
     # Eager CPU runs scan the active slots only (an inactive slot takes no pixel and changes nothing) and paint each
     # accepted thing's new pixels as they go, instead of the [B, K, H, W] argmax below.
     host = host_values_free(masks)
-    scanned = active.any(0).tolist() if host_values_free(masks) else [True] * k
+    scanned = active.any(0).tolist() if host_values_free(masks) else [True] * k  # (the source guard reads the call)
     no, zero = torch.zeros_like(active[:, 0]), torch.zeros(b, dtype=torch.int64, device=masks.device)
-    painted, count = torch.zeros(b, h, w, dtype=torch.int64, device=masks.device), zero
+    painted = torch.zeros(b, h, w, dtype=torch.int64, device=masks.device) if host else None
+    count = zero
     accepted, areas = [], []
     for i in range(k):  # fixed trip count: the loop unrolls into a static graph
         if not scanned[i]:

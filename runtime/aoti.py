@@ -112,6 +112,11 @@ class AotiBackend:
                                 "re-export it here with pfcn-export --format aoti") from None
         self.output_names = list(self.info.props["output_names"])
         self.batch_size = max(1, int(batch_size))
+        self.call = self.runner
+        if self.device.type == "cuda" and self.info.precision == "fp32":
+            from .torch_gpu import StrictFp32  # its convolutions call cuDNN at run time: no TF32 for FP32
+
+            self.call = StrictFp32(self.runner)
 
     def metadata(self) -> dict[str, str]:
         """The metadata as AOTInductor's loader reports it (the same call a C++ application makes)."""
@@ -133,14 +138,9 @@ class AotiBackend:
         torch = self.torch
         images = torch.from_numpy(np.ascontiguousarray(canvas, dtype=np.uint8)).to(self.device)
         sizes_t = torch.from_numpy(np.ascontiguousarray(sizes, dtype=np.int64)).to(self.device)
-        run = self.runner
-        if self.device.type == "cuda" and self.info.precision == "fp32":
-            from .torch_gpu import StrictFp32  # its convolutions call cuDNN at run time: no TF32 for FP32
-
-            run = StrictFp32(run)
         with torch.no_grad():
-            outputs = run(images, sizes_t)
+            outputs = self.call(images, sizes_t)
         return dict(zip(self.output_names, outputs))
 
     def close(self) -> None:
-        self.runner = None
+        self.runner = self.call = None
