@@ -29,7 +29,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .contract import POSTPROCESS_OUTPUTS
-from .resize import AxisPass, apply_pass, axis_pass, column_pass, host_values_free, linear_taps
+from .resize import (ColumnPass, RowPass, apply_column_pass, apply_row_pass, column_pass, host_values_free,
+                     linear_taps, row_pass)
 
 POOL_SIZES = (3, 3, 3, 5, 5)  # official smoothing window of the centre heatmaps, per level P3..P7
 NEG = -1.0  # sorts below every probability; used for empty slots
@@ -214,51 +215,52 @@ def thing_masks(scores, classes, kernels, valid, encoded, p: InferenceParams):
     return scores, classes, valid, _gather_rows(probs, order)
 
 
+class OriginalSizeResize(NamedTuple):
+    """The official resize to the original size, its per-image passes prepared (``original_size_passes``)."""
+
+    stride: int  # the 4x upsampling, the same for every image
+    columns: ColumnPass  # then the resize to the original width, per image, at the stride-4 rows
+    rows: RowPass  # and to the original height, per image, at full size
+
+
 def original_size_passes(resized: torch.Tensor, original: torch.Tensor, feat_hw, canvas_hw,
-                         stride: int) -> list[AxisPass]:
-    """The official resize of stride-4 maps back to the original image, as four 1-D bilinear passes.
+                         stride: int) -> OriginalSizeResize:
+    """The official resize of stride-4 maps back to the original image, prepared for ``to_original_size``.
 
     The official post-processing runs ``F.interpolate(scale_factor=stride)``, crops to the resized image, then
-    ``F.interpolate(size=original)``. PyTorch's bilinear kernel sums along the width inside the sum along the height,
-    so each interpolation is a column pass followed by a row pass with the kernel's own taps
-    (``pfcn.resize.linear_taps``); the crop is implicit, the second pass reading only the first ``resized`` samples.
-    The upsampling taps are the same for the batch; the others are per image (sizes are tensors: no host sync).
+    ``F.interpolate(size=original)``. Bilinear interpolation is separable, each output mixing two samples along
+    each axis. The upsampling is the same for every image (``F.interpolate`` itself, one axis at a time); the
+    resize to the original size differs per image, so it runs as gathers with the kernel's own taps
+    (``pfcn.resize.linear_taps``), the sizes being tensors (no host sync); the crop is implicit, the resize reading
+    only the first ``resized`` samples. Both column passes run first, while the maps still have their stride-4
+    rows, so that only two passes touch full-size maps: row and column passes commute, in float32 up to the last
+    bit, the kind of difference the graph already has against PyTorch's fused multiply-adds.
 
     Args:
         resized, original: [B, 2] int64 (h, w) of the resized and the original images.
         feat_hw: the stride-4 canvas (h, w); canvas_hw: the output canvas (H, W); ints or 0-d tensors.
-    Returns:
-        the passes in order, for ``to_original_size``.
     """
-    device = resized.device
-    up_rows, up_cols = feat_hw[0] * stride, feat_hw[1] * stride
-    up = []
-    for n, n_up in zip(feat_hw, (up_rows, up_cols)):
-        if isinstance(n, torch.Tensor):  # a traced shape (dynamic ONNX graphs)
-            length = n.reshape(1).to(device=device, dtype=torch.int64)
-        else:  # a fill kernel, not a host-to-device copy: CUDA graphs capture it
-            length = torch.full((1,), int(n), dtype=torch.int64, device=device)
-        up.append(linear_taps(length, length * stride, n_up, scale=1.0 / stride))
     down_rows = linear_taps(resized[:, 0], original[:, 0], canvas_hw[0])
     down_cols = linear_taps(resized[:, 1], original[:, 1], canvas_hw[1])
-    return [axis_pass(up[1], 2, per_image=False), axis_pass(up[0], 1, per_image=False),
-            column_pass(down_cols, up_rows, up_cols), axis_pass(down_rows, 1, per_image=True, rows=up_rows)]
+    return OriginalSizeResize(stride, column_pass(down_cols, feat_hw[0], feat_hw[1] * stride, per_image=True),
+                              row_pass(down_rows, per_image=True))
 
 
-def to_original_size(maps: torch.Tensor, passes: list[AxisPass],
+def to_original_size(maps: torch.Tensor, resize: OriginalSizeResize,
                      chunk: int = RESIZE_CHUNK) -> Iterator[tuple[int, torch.Tensor]]:
     """Resize [B, N, h, w] stride-4 maps to the original size, ``chunk`` channels at a time.
 
-    Yields (first channel, [B, H, W, c] channels-last float32 maps): callers reduce each chunk (threshold, argmax)
-    before the next is computed, so the full-size temporaries hold ``chunk`` channels, not N.
+    Yields (first channel, [B, c, H, W] float32 maps): callers reduce each chunk (threshold, argmax) before the
+    next is computed, so the full-size temporaries hold ``chunk`` channels, not N.
     """
-    x = maps.permute(0, 2, 3, 1)
     n = int(maps.shape[1])  # TOP_NUM or the stuff class count: a constant of the graph
     for start in range(0, n, chunk):
-        part = x[..., start:start + chunk]
-        for p in passes:
-            part = apply_pass(part, p)
-        yield start, part
+        part = F.interpolate(maps[:, start:start + chunk], scale_factor=(1.0, float(resize.stride)),
+                             mode="bilinear", align_corners=False)
+        # channels-last for the per-image column gathers (whole [c] pixels), at a quarter of the full size
+        part = apply_column_pass(part.permute(0, 2, 3, 1), resize.columns).permute(0, 3, 1, 2)
+        part = F.interpolate(part, scale_factor=(float(resize.stride), 1.0), mode="bilinear", align_corners=False)
+        yield start, apply_row_pass(part, resize.rows)
 
 
 def interpolate_to_original(maps: torch.Tensor, shapes: list[tuple[list[int], list[int]]],
@@ -266,10 +268,9 @@ def interpolate_to_original(maps: torch.Tensor, shapes: list[tuple[list[int], li
                             chunk: int = RESIZE_CHUNK) -> Iterator[tuple[int, torch.Tensor]]:
     """``to_original_size`` for eager CPU runs: the official two ``F.interpolate`` calls themselves, per image.
 
-    Same chunks as ``to_original_size`` but channels-first ([B, c, H, W], zero outside each image), and the
-    official values to the last bit: PyTorch's kernel with its fused multiply-adds, which the static passes
-    cannot express. It needs each image's resized and original (h, w) as Python ints (``shapes``), so only
-    ``host_values_free`` tensors take it.
+    Same chunks as ``to_original_size`` ([B, c, H, W], zero outside each image), and the official values to the
+    last bit: PyTorch's kernel with its fused multiply-adds, which the static passes cannot express. It needs each
+    image's resized and original (h, w) as Python ints (``shapes``), so only ``host_values_free`` tensors take it.
     """
     b, n = maps.shape[:2]
     for start in range(0, n, chunk):
@@ -301,12 +302,12 @@ def panoptic_merge(masks: torch.Tensor, scores: torch.Tensor, valid: torch.Tenso
     b, k, h, w = masks.shape
     active = valid & (scores >= p.combine_inst_thresh)
     occupied = torch.zeros_like(masks[:, 0])
-    # Eager CPU runs scan the active slots only (an inactive slot takes no pixel and changes nothing) and paint each
-    # accepted thing's new pixels as they go, instead of the [B, K, H, W] argmax below.
-    host = host_values_free(masks)
+    # Eager CPU runs scan the active slots only: an inactive slot takes no pixel and changes nothing.
     scanned = active.any(0).tolist() if host_values_free(masks) else [True] * k  # (the source guard reads the call)
     no, zero = torch.zeros_like(active[:, 0]), torch.zeros(b, dtype=torch.int64, device=masks.device)
-    painted = torch.zeros(b, h, w, dtype=torch.int64, device=masks.device) if host else None
+    # Each accepted thing paints its id on the pixels it is the first to take: the segment map is built during the
+    # scan, with [B, H, W] steps, instead of an argmax over [B, K, H, W] masks afterwards.
+    thing_map = torch.zeros(b, h, w, dtype=torch.int32, device=masks.device)
     count = zero
     accepted, areas = [], []
     for i in range(k):  # fixed trip count: the loop unrolls into a static graph
@@ -319,22 +320,14 @@ def panoptic_merge(masks: torch.Tensor, scores: torch.Tensor, valid: torch.Tenso
         overlap = _count_pixels(m & occupied)
         ok = (area > 0) & ~(overlap.to(torch.float32) > p.overlap_thresh * area.to(torch.float32))
         take = m & ok.reshape(b, 1, 1)
-        if host:  # the first accepted thing covering a pixel owns it: its pixels not taken yet
-            count = count + ok.to(torch.int64)
-            painted = torch.where(take & ~occupied, count.reshape(b, 1, 1), painted)
+        count = count + ok.to(torch.int64)
+        thing_map = torch.where(take & ~occupied, count.to(torch.int32).reshape(b, 1, 1), thing_map)
         occupied = occupied | take
         accepted.append(ok)
         areas.append((area - overlap) * ok.to(area.dtype))
     thing_ok = torch.stack(accepted, 1)  # [B, K]
     thing_area = torch.stack(areas, 1)
     thing_ids = torch.cumsum(thing_ok.to(torch.int64), 1) * thing_ok.to(torch.int64)
-    if host:
-        thing_map = painted
-    else:  # the first accepted thing covering the pixel (argmax takes the first maximum)
-        owned = masks & thing_ok.reshape(b, k, 1, 1)
-        owner = torch.argmax(owned.to(torch.float32), dim=1, keepdim=True)
-        thing_map = torch.gather(thing_ids, 1, owner.reshape(b, -1)).reshape(b, h, w)
-        thing_map = thing_map * occupied.to(torch.int64)
 
     free = ~occupied & inside
     labels = torch.arange(num_stuff, device=masks.device)
@@ -347,7 +340,7 @@ def panoptic_merge(masks: torch.Tensor, scores: torch.Tensor, valid: torch.Tenso
     n_things = thing_ok.sum(dim=1, keepdim=True)
     stuff_ids = (n_things + torch.cumsum(stuff_ok.to(torch.int64), 1)) * stuff_ok.to(torch.int64)
     stuff_map = torch.gather(stuff_ids, 1, semantic.reshape(b, -1)).reshape(b, h, w) * free.to(torch.int64)
-    panoptic = (thing_map + stuff_map).to(torch.int32)
+    panoptic = thing_map + stuff_map.to(torch.int32)
     ids = torch.cat([thing_ids, stuff_ids], 1).to(torch.int32)
     areas = torch.cat([thing_area, stuff_area * stuff_ok.to(stuff_area.dtype)], 1).to(torch.int64)
     return panoptic, ids, areas, torch.cat([thing_ok, stuff_ok], 1)
@@ -423,27 +416,22 @@ def postprocess(heads: HeadOutputs, thing_embed, stuff_embed, resized: torch.Ten
     if shapes is None and host_values_free(thing_probs):
         shapes = list(zip(resized.tolist(), original.tolist()))
     if shapes is not None:
-        channels = 1  # chunks [B, c, H, W]
-
         def full_size(maps):
             return interpolate_to_original(maps, shapes, canvas_hw, p.common_stride)
     else:
         feat_hw = (heads.encoded.shape[2], heads.encoded.shape[3])
-        passes = original_size_passes(resized, original, feat_hw, canvas_hw, p.common_stride)
-        channels = 3  # chunks [B, H, W, c]: thresholded before the (then bool) transpose
+        resize = original_size_passes(resized, original, feat_hw, canvas_hw, p.common_stride)
 
         def full_size(maps):
-            return to_original_size(maps, passes)
+            return to_original_size(maps, resize)
     # empty slots resize to zero, which no threshold passes: masking at stride 4 costs 1/16 of masking the result
     thing_probs = thing_probs * valid.to(thing_probs.dtype)[..., None, None]
-    # [B, K, H, W]; channels-last chunks are transposed one by one (as bools), then joined along the slots
-    masks = torch.cat([(part > p.inst_thres).permute(0, 3, 1, 2) if channels == 3 else part > p.inst_thres
-                       for _, part in full_size(thing_probs)], dim=1)
+    masks = torch.cat([part > p.inst_thres for _, part in full_size(thing_probs)], dim=1)  # [B, K, H, W]
     if p.inst_thres < 0:  # then zero passes too
         masks = masks & valid[..., None, None]
     semantic = None  # argmax over the stuff channels, the first maximum on ties (as torch.argmax)
     for start, part in full_size(st_probs):
-        value, index = torch.max(part, dim=channels)
+        value, index = torch.max(part, dim=1)
         if semantic is None:
             best, semantic = value, index
         else:

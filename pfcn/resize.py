@@ -3,8 +3,8 @@
 A batch holds images of different sizes in one canvas, and an exported graph must not change shape with the data.
 Bilinear resizing (align_corners=False, PyTorch's rule) is separable: each output sample mixes two input samples
 along one axis. ``linear_taps`` computes those two taps and weights as PyTorch's kernel does, per image from the sizes,
-and ``apply_pass`` applies one axis as two gathers, two products and a sum; the official post-processing resize (4x
-upsample, crop, resize to the original size) is four such passes in PyTorch's order (``pfcn.inference``).
+and a column or row pass applies them as two gathers, two products and a sum; the official post-processing resize
+(4x upsample, crop, resize to the original size) is four such passes (``pfcn.inference``).
 
 The test-time image resize is different: detectron2 resizes uint8 images with PIL, whose bilinear filter works in
 fixed point and antialiases when shrinking. ``pil_bilinear_resize`` reproduces it bit for bit with integer weights
@@ -134,10 +134,9 @@ def linear_taps(in_len: torch.Tensor, out_len: torch.Tensor, out_size: int | tor
                       torch.where(valid, w_lo, zero), torch.where(valid, w_hi, zero))
 
 
-class AxisPass(NamedTuple):
-    """One 1-D bilinear pass over channels-last [B, H, W, C] tensors, its gather indices prepared (``axis_pass``)."""
+class ColumnPass(NamedTuple):
+    """One 1-D bilinear pass along the columns of channels-last [B, H, W, C] tensors, its gathers prepared."""
 
-    axis: int  # 1 (rows) or 2 (columns)
     lo: torch.Tensor  # 1-D gather indices
     hi: torch.Tensor
     w_lo: torch.Tensor  # weights, broadcastable to the output
@@ -145,51 +144,71 @@ class AxisPass(NamedTuple):
     per_image: bool
 
 
-def axis_pass(taps: LinearTaps, axis: int, per_image: bool, rows: int | torch.Tensor | None = None) -> AxisPass:
-    """Prepare the gathers of one pass, once for all the channel chunks it is applied to.
+def column_pass(taps: LinearTaps, rows: int | torch.Tensor, width: int | torch.Tensor,
+                per_image: bool) -> ColumnPass:
+    """Prepare a column pass over [B, rows, width, C] tensors, once for all the channel chunks it is applied to.
 
-    Taps shared by the batch (``per_image=False``: taps of batch 1) gather along ``axis`` with one 1-D index.
-    Per-image taps gather from the flattened tensor: along the rows, whole [W * C] rows, image b's row ``lo`` being
-    ``b * H + lo``; along the columns, [C] pixels, row r's pixel ``lo`` of image b being ``(b * H + r) * W + lo``, an
-    index of B x H x W_out (``rows`` = H, the input's row count) where a per-element one would be C times bigger.
+    Channels-last, so that each gathered element is a whole [C] pixel. Taps shared by the batch
+    (``per_image=False``: taps of batch 1) gather along the columns with one 1-D index; per-image taps gather from
+    the flattened tensor, row r's pixel ``lo`` of image b being ``(b * rows + r) * width + lo``.
     """
-    b = taps.lo.shape[0]
     if not per_image:
-        shape = (1, -1, 1, 1) if axis == 1 else (1, 1, -1, 1)
-        return AxisPass(axis, taps.lo[0], taps.hi[0], taps.w_lo[0].reshape(shape), taps.w_hi[0].reshape(shape), False)
-    if axis == 1:
-        if rows is None:
-            raise ValueError("axis_pass: a per-image row pass needs rows, the input's row count")
-        base = torch.arange(b, device=taps.lo.device).reshape(-1, 1) * rows
-        return AxisPass(axis, (taps.lo + base).reshape(-1), (taps.hi + base).reshape(-1),
-                        taps.w_lo.reshape(b, -1, 1, 1), taps.w_hi.reshape(b, -1, 1, 1), True)
-    raise ValueError("axis_pass: per-image column passes are prepared by column_pass (they need the input width)")
-
-
-def column_pass(taps: LinearTaps, rows: int | torch.Tensor, width: int | torch.Tensor) -> AxisPass:
-    """A per-image pass along the columns of [B, rows, width, C] tensors (see ``axis_pass``)."""
+        return ColumnPass(taps.lo[0], taps.hi[0], taps.w_lo[0].reshape(1, 1, -1, 1),
+                          taps.w_hi[0].reshape(1, 1, -1, 1), False)
     b = taps.lo.shape[0]
     base = (torch.arange(b, device=taps.lo.device).reshape(-1, 1, 1) * rows
             + torch.arange(rows, device=taps.lo.device).reshape(1, -1, 1)) * width  # [B, rows, 1]
-    return AxisPass(2, (base + taps.lo.unsqueeze(1)).reshape(-1), (base + taps.hi.unsqueeze(1)).reshape(-1),
-                    taps.w_lo.reshape(b, 1, -1, 1), taps.w_hi.reshape(b, 1, -1, 1), True)
+    return ColumnPass((base + taps.lo.unsqueeze(1)).reshape(-1), (base + taps.hi.unsqueeze(1)).reshape(-1),
+                      taps.w_lo.reshape(b, 1, -1, 1), taps.w_hi.reshape(b, 1, -1, 1), True)
 
 
-def apply_pass(x: torch.Tensor, p: AxisPass) -> torch.Tensor:
-    """``x[lo] * w_lo + x[hi] * w_hi`` along the pass's axis of a channels-last [B, H, W, C] tensor.
+def apply_column_pass(x: torch.Tensor, p: ColumnPass) -> torch.Tensor:
+    """``x[lo] * w_lo + x[hi] * w_hi`` along the columns of a channels-last [B, H, W, C] tensor.
 
     Two products and one sum, each rounded to float32: the order of PyTorch's bilinear kernel, without the fused
     multiply-add that its x86-64 builds contract ``lo * w_lo + hi * w_hi`` into (ONNX has no such operator).
     """
     if not p.per_image:
-        return x.index_select(p.axis, p.lo) * p.w_lo + x.index_select(p.axis, p.hi) * p.w_hi
+        return x.index_select(2, p.lo) * p.w_lo + x.index_select(2, p.hi) * p.w_hi
     b, h, w, c = x.shape
-    if p.axis == 1:
-        flat, out_shape = x.reshape(b * h, w * c), (b, -1, w, c)
-    else:
-        flat, out_shape = x.reshape(b * h * w, c), (b, h, -1, c)
-    return (flat.index_select(0, p.lo).reshape(out_shape) * p.w_lo
-            + flat.index_select(0, p.hi).reshape(out_shape) * p.w_hi)
+    flat = x.reshape(b * h * w, c)
+    return (flat.index_select(0, p.lo).reshape(b, h, -1, c) * p.w_lo
+            + flat.index_select(0, p.hi).reshape(b, h, -1, c) * p.w_hi)
+
+
+class RowPass(NamedTuple):
+    """One 1-D bilinear pass along the rows of channels-first [B, C, H, W] tensors."""
+
+    lo: torch.Tensor  # [1, out] (shared by the batch) or [B, out] int64
+    hi: torch.Tensor
+    w_lo: torch.Tensor  # [1 or B, 1, out, 1] float32
+    w_hi: torch.Tensor
+    per_image: bool
+
+
+def row_pass(taps: LinearTaps, per_image: bool) -> RowPass:
+    """Prepare a row pass (``per_image=False``: the taps of batch 1 serve every image)."""
+    lo, hi, w_lo, w_hi = (t[:1] if not per_image else t for t in taps)
+    return RowPass(lo, hi, w_lo.unsqueeze(1).unsqueeze(3), w_hi.unsqueeze(1).unsqueeze(3), per_image)
+
+
+def apply_row_pass(x: torch.Tensor, p: RowPass) -> torch.Tensor:
+    """``x[lo] * w_lo + x[hi] * w_hi`` along the rows of a channels-first [B, C, H, W] tensor.
+
+    Channels-first, so that each gathered element is a whole [W] row and the result is in the layout of the
+    outputs. Per-image taps gather from [B * C * H, W], row ``lo`` of channel c of image b being
+    ``(b * C + c) * H + lo`` (an index of B x C x out rows, built per call since C is the chunk's).
+    """
+    if not p.per_image:
+        return x.index_select(2, p.lo[0]) * p.w_lo + x.index_select(2, p.hi[0]) * p.w_hi
+    b, c, h, w = x.shape
+    base = (torch.arange(b, device=x.device).reshape(-1, 1, 1) * c
+            + torch.arange(c, device=x.device).reshape(1, -1, 1)) * h  # [B, C, 1]
+    flat = x.reshape(b * c * h, w)
+    lo = (base + p.lo.unsqueeze(1)).reshape(-1)
+    hi = (base + p.hi.unsqueeze(1)).reshape(-1)
+    return (flat.index_select(0, lo).reshape(b, c, -1, w) * p.w_lo
+            + flat.index_select(0, hi).reshape(b, c, -1, w) * p.w_hi)
 
 
 def pil_bilinear_matrix(in_len: torch.Tensor, out_len: torch.Tensor, in_size: int | torch.Tensor,
