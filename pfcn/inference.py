@@ -301,12 +301,13 @@ def panoptic_merge(masks: torch.Tensor, scores: torch.Tensor, valid: torch.Tenso
     """
     b, k, h, w = masks.shape
     active = valid & (scores >= p.combine_inst_thresh)
-    occupied = torch.zeros_like(masks[:, 0])
     # Eager CPU runs scan the active slots only: an inactive slot takes no pixel and changes nothing.
     scanned = active.any(0).tolist() if host_values_free(masks) else [True] * k  # (the source guard reads the call)
     no, zero = torch.zeros_like(active[:, 0]), torch.zeros(b, dtype=torch.int64, device=masks.device)
     # Each accepted thing paints its id on the pixels it is the first to take: the segment map is built during the
-    # scan, with [B, H, W] steps, instead of an argmax over [B, K, H, W] masks afterwards.
+    # scan, with [B, H, W] steps, instead of an argmax over [B, K, H, W] masks afterwards. A step counts the
+    # thing's pixels and its still-free ones (overlap = area - free), so it reads the unassigned pixels once.
+    unassigned = torch.ones_like(masks[:, 0])
     thing_map = torch.zeros(b, h, w, dtype=torch.int32, device=masks.device)
     count = zero
     accepted, areas = [], []
@@ -315,21 +316,22 @@ def panoptic_merge(masks: torch.Tensor, scores: torch.Tensor, valid: torch.Tenso
             accepted.append(no)
             areas.append(zero)
             continue
-        m = masks[:, i] & active[:, i].reshape(b, 1, 1)
-        area = _count_pixels(m)
-        overlap = _count_pixels(m & occupied)
-        ok = (area > 0) & ~(overlap.to(torch.float32) > p.overlap_thresh * area.to(torch.float32))
-        take = m & ok.reshape(b, 1, 1)
+        mask = masks[:, i]
+        new = mask & unassigned
+        area, free = _count_pixels(mask), _count_pixels(new)
+        overlap = area - free
+        ok = active[:, i] & (area > 0) & ~(overlap.to(torch.float32) > p.overlap_thresh * area.to(torch.float32))
+        take = new & ok.reshape(b, 1, 1)
         count = count + ok.to(torch.int64)
-        thing_map = torch.where(take & ~occupied, count.to(torch.int32).reshape(b, 1, 1), thing_map)
-        occupied = occupied | take
+        thing_map = torch.where(take, count.to(torch.int32).reshape(b, 1, 1), thing_map)
+        unassigned = unassigned ^ take  # take holds unassigned pixels only
         accepted.append(ok)
-        areas.append((area - overlap) * ok.to(area.dtype))
+        areas.append(free * ok.to(free.dtype))
     thing_ok = torch.stack(accepted, 1)  # [B, K]
     thing_area = torch.stack(areas, 1)
     thing_ids = torch.cumsum(thing_ok.to(torch.int64), 1) * thing_ok.to(torch.int64)
 
-    free = ~occupied & inside
+    free = unassigned & inside
     labels = torch.arange(num_stuff, device=masks.device)
     if host_values_free(semantic):  # a histogram of the free pixels' labels: the same counts, no [B, S, H, W] masks
         stuff_area = torch.stack([torch.bincount(semantic[i][free[i]], minlength=num_stuff) for i in range(b)])
