@@ -2,7 +2,7 @@
 
     pfcn-export --model W [--config C] --format onnx --out model.onnx
                 [--input-size H W | --dynamic MIN_H MIN_W MAX_H MAX_W] [--batch N | --dynamic-batch]
-                [--graph e2e|network] [--opset N] [KEY VALUE ...]
+                [--graph e2e|network] [--outputs all|panoptic] [--opset N] [KEY VALUE ...]
     pfcn-export --format engine --onnx model.onnx --out model.engine [--precision P] [--profile MIN OPT MAX]
                 [--workspace GIB] [--timing-cache FILE]
     pfcn-export --format aoti --model W [--config C] --out model.pt2 [--input-size H W] [--batch N]
@@ -19,6 +19,8 @@ from pathlib import Path
 
 from pfcn.arguments import add_model_args, load_cfg, make_parser, model_path, parse_with_overrides, run_cli
 
+from pfcn.contract import OUTPUT_SETS
+
 from .check import check_onnx
 from .engine import add_engine_args, engine_from_args
 from .onnx_export import export_onnx
@@ -33,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="model.onnx", help="output path")
     p.add_argument("--graph", default="e2e", choices=["e2e", "network"],
                    help="e2e: uint8 images + sizes -> panoptic result; network: resized images -> kernels + feature")
+    p.add_argument("--outputs", default="all", choices=sorted(OUTPUT_SETS),
+                   help="e2e outputs: all, or panoptic (no [B, 100, H, W] instance masks: the panoptic map, segment "
+                        "and instance tables only; lighter and faster when per-instance masks are not read)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"),
                       help="fixed input canvas (default: INPUT.MIN_SIZE_TEST INPUT.MAX_SIZE_TEST)")
@@ -80,13 +85,14 @@ def _main(argv: list[str] | None) -> int:
     out = export_onnx(predictor.model, cfg, predictor.meta, args.out, graph=args.graph,
                       input_size=tuple(args.input_size) if args.input_size else None,
                       dynamic=tuple(args.dynamic) if args.dynamic else None, batch=args.batch,
-                      dynamic_batch=args.dynamic_batch, opset=args.opset)
+                      dynamic_batch=args.dynamic_batch, opset=args.opset, outputs=args.outputs)
     if args.precision == "fp16":  # the FP32 graph, then the FP16 pass with pfcn's FP32 islands
         from .precision import convert_fp16_file
 
         convert_fp16_file(out, out)
     size_mb = Path(out).stat().st_size / 2**20
-    print(f"pfcn-export: wrote {out} ({size_mb:.1f} MB, {args.graph} graph, {args.precision or 'fp32'}) in "
+    kind = f"{args.graph} graph" + (f", {args.outputs} outputs" if args.outputs != "all" else "")
+    print(f"pfcn-export: wrote {out} ({size_mb:.1f} MB, {kind}, {args.precision or 'fp32'}) in "
           f"{time.perf_counter() - start:.1f} s")
     if not args.no_check:
         report = check_onnx(out)

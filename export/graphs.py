@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pfcn.inference import OUTPUT_NAMES, InferenceParams, dataset_category_ids, generate_kernels
+from pfcn.contract import E2E_OUTPUTS
+from pfcn.inference import InferenceParams, dataset_category_ids, generate_kernels
 from pfcn.metadata import CategoryMeta
 from pfcn.model import PanopticFCN
 from pfcn.predictor import category_tables
@@ -20,12 +21,15 @@ class EndToEndGraph(nn.Module):
 
     Inputs: ``images`` [B, 3, H, W] uint8 RGB, image i top-left in the canvas; ``sizes`` [B, 2] int64 (h, w).
     ``net_size`` None makes the network canvas follow the input size (dynamic graphs); a pair fixes it.
+    ``outputs``: the names returned, in ``E2E_OUTPUTS`` order (``pfcn.contract.OUTPUT_SETS``).
     """
 
-    def __init__(self, model: PanopticFCN, meta: CategoryMeta, net_size: tuple[int, int] | None):
+    def __init__(self, model: PanopticFCN, meta: CategoryMeta, net_size: tuple[int, int] | None,
+                 outputs: tuple[str, ...] = E2E_OUTPUTS):
         super().__init__()
         self.model = model
         self.net_size = net_size
+        self.outputs = outputs
         things, stuff = category_tables(meta)
         self.register_buffer("thing_ids", things, persistent=False)
         self.register_buffer("stuff_ids", stuff, persistent=False)
@@ -37,8 +41,9 @@ class EndToEndGraph(nn.Module):
         else:
             net = self.net_size
         out = self.model(images, sizes, net)
-        inst_ids, seg_ids = dataset_category_ids(out, self.thing_ids, self.stuff_ids)
-        return tuple(out[name] for name in OUTPUT_NAMES) + (inst_ids, seg_ids)
+        out["instance_category_ids"], out["segment_category_ids"] = dataset_category_ids(out, self.thing_ids,
+                                                                                         self.stuff_ids)
+        return tuple(out[name] for name in self.outputs)
 
 
 class NetworkGraph(nn.Module):

@@ -20,7 +20,8 @@ import torch
 
 import pfcn
 from pfcn.config import cfg_to_yaml, config_hash
-from pfcn.contract import E2E_INPUTS, E2E_OUTPUTS, NETWORK_INPUTS, NETWORK_OUTPUTS, ArtifactError, decode_metadata
+from pfcn.contract import (E2E_INPUTS, NETWORK_INPUTS, NETWORK_OUTPUTS, OUTPUT_SETS, ArtifactError,
+                           decode_metadata)
 from pfcn.inference import PanopticMerge
 from pfcn.metadata import CategoryMeta
 from pfcn.model import PanopticFCN
@@ -89,7 +90,8 @@ def check_export_args(model: PanopticFCN, graph: str, input_size: tuple[int, int
     return InputSpec(graph, h, w, None if dynamic_batch else batch, None, net)
 
 
-def metadata(model: PanopticFCN, cfg, meta: CategoryMeta, spec: InputSpec, opset: int) -> dict[str, str]:
+def metadata(model: PanopticFCN, cfg, meta: CategoryMeta, spec: InputSpec, opset: int,
+             output_names: tuple[str, ...] = OUTPUT_SETS["all"]) -> dict[str, str]:
     """The ``metadata_props`` of an exported graph: everything needed to feed it and read it."""
     if spec.graph == "e2e":
         inputs = {
@@ -127,7 +129,7 @@ def metadata(model: PanopticFCN, cfg, meta: CategoryMeta, spec: InputSpec, opset
         "categories": json.dumps(meta.categories()),
         "thresholds": json.dumps(asdict(model.params)),
         "input_spec": json.dumps(input_spec),
-        "output_names": json.dumps(list(E2E_OUTPUTS if spec.graph == "e2e" else NETWORK_OUTPUTS)),
+        "output_names": json.dumps(list(output_names if spec.graph == "e2e" else NETWORK_OUTPUTS)),
         "opset": str(opset),
         "exported_with": f"torch {torch.__version__}, onnx {onnx.__version__}",
     }
@@ -204,7 +206,7 @@ def _rename_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto
 
 def export_onnx(model: PanopticFCN, cfg, meta: CategoryMeta, out: str | Path, graph: str = "e2e",
                 input_size: tuple[int, int] | None = None, dynamic: tuple[int, int, int, int] | None = None,
-                batch: int = 1, dynamic_batch: bool = False, opset: int = 19) -> Path:
+                batch: int = 1, dynamic_batch: bool = False, opset: int = 19, outputs: str = "all") -> Path:
     """Export ``model`` to ``out`` and return the path.
 
     Args:
@@ -212,15 +214,21 @@ def export_onnx(model: PanopticFCN, cfg, meta: CategoryMeta, out: str | Path, gr
         input_size: fixed input (H, W); default (MIN_SIZE_TEST, MAX_SIZE_TEST). For "network", the padded canvas.
         dynamic: (min_h, min_w, max_h, max_w) for a graph with dynamic H, W (e2e only).
         batch / dynamic_batch: fixed batch size, or a dynamic batch axis.
+        outputs: the e2e graph's output set (``pfcn.contract.OUTPUT_SETS``): "all", or "panoptic" without the
+            instance masks.
     """
     spec = check_export_args(model, graph, input_size, dynamic, batch, dynamic_batch, opset)
+    if outputs not in OUTPUT_SETS:
+        raise ExportError(f"--outputs {outputs!r}: choose one of {', '.join(OUTPUT_SETS)}")
+    if graph != "e2e" and outputs != "all":
+        raise ExportError(f"--outputs {outputs}: output sets are for the e2e graph (the network graph has its own)")
     register_symbolics()
     # A fresh copy per export: the TorchScript exporter's function extraction keeps per-module scope state and fails
     # (internal assert) when the same module instance is exported twice in one process.
     model = copy.deepcopy(model).eval().cpu()
     if graph == "e2e":
-        module: torch.nn.Module = EndToEndGraph(model, meta, spec.net_size)
-        input_names, output_names = list(E2E_INPUTS), list(E2E_OUTPUTS)
+        module: torch.nn.Module = EndToEndGraph(model, meta, spec.net_size, OUTPUT_SETS[outputs])
+        input_names, output_names = list(E2E_INPUTS), list(OUTPUT_SETS[outputs])
     else:
         module = NetworkGraph(model, model.params)
         input_names, output_names = list(NETWORK_INPUTS), list(NETWORK_OUTPUTS)
@@ -232,7 +240,8 @@ def export_onnx(model: PanopticFCN, cfg, meta: CategoryMeta, out: str | Path, gr
         dynamic_axes.setdefault("images", {}).update({2: "height", 3: "width"})
         for name in ("panoptic", "semantic"):
             dynamic_axes.setdefault(name, {}).update({1: "height", 2: "width"})
-        dynamic_axes.setdefault("instance_masks", {}).update({2: "height", 3: "width"})
+        if "instance_masks" in output_names:
+            dynamic_axes.setdefault("instance_masks", {}).update({2: "height", 3: "width"})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
@@ -245,7 +254,7 @@ def export_onnx(model: PanopticFCN, cfg, meta: CategoryMeta, out: str | Path, gr
                           input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes or None,
                           do_constant_folding=True, export_modules_as_functions={PanopticMerge})
     proto = _rename_outputs(_rename_function_domain(onnx.load(str(tmp)), FUNCTION_DOMAIN), output_names)
-    for key, value in metadata(model, cfg, meta, spec, opset).items():
+    for key, value in metadata(model, cfg, meta, spec, opset, tuple(output_names)).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.producer_name, proto.producer_version = "pfcn", pfcn.__version__

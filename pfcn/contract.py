@@ -26,6 +26,10 @@ POSTPROCESS_OUTPUTS = ("panoptic", "semantic", "instance_masks", "instance_score
                        "segment_areas", "segment_valid")
 # The exported graph adds the dataset category ids so that an application needs no class table.
 E2E_OUTPUTS = POSTPROCESS_OUTPUTS + ("instance_category_ids", "segment_category_ids")
+# What an end-to-end artifact returns: "panoptic" leaves out the [B, K, H, W] instance masks (the panoptic map and
+# the segment and instance tables stay) for applications that do not read per-instance masks; they are the largest
+# output by far (K = 100 full-size masks). Results then carry empty [N, 0, 0] instance masks.
+OUTPUT_SETS = {"all": E2E_OUTPUTS, "panoptic": tuple(n for n in E2E_OUTPUTS if n != "instance_masks")}
 # The network-only graph: resized images -> fused kernels + the encoded feature (masks = sigmoid(kernels @ encoded)).
 NETWORK_INPUTS = ("images", "resized_sizes")
 NETWORK_OUTPUTS = ("thing_scores", "thing_classes", "thing_kernels", "thing_valid", "stuff_scores", "stuff_kernels",

@@ -123,7 +123,7 @@ def results_from_outputs(outputs: Mapping[str, Any], sizes: list[tuple[int, int]
         results.append(PanopticResult(
             panoptic=panoptic,
             segments_info=segments,
-            instance_masks=arrays["instance_masks"][b][inst_valid][:, :h, :w].astype(bool),
+            instance_masks=_instance_masks(arrays, b, inst_valid, h, w),
             instance_scores=arrays["instance_scores"][b][inst_valid].astype(np.float32),
             instance_classes=classes,
             instance_category_ids=np.array([meta.thing_dataset_id(int(c)) for c in classes], dtype=np.int64),
@@ -132,6 +132,14 @@ def results_from_outputs(outputs: Mapping[str, Any], sizes: list[tuple[int, int]
             image_id=None if image_ids is None else image_ids[b],
         ))
     return results
+
+
+def _instance_masks(arrays: dict[str, np.ndarray], b: int, valid: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Image b's valid instance masks cropped to (h, w); [N, 0, 0] from an artifact with the "panoptic" output set
+    (``pfcn.contract.OUTPUT_SETS``), which does not return them."""
+    if "instance_masks" not in arrays:
+        return np.zeros((int(valid.sum()), 0, 0), dtype=bool)
+    return arrays["instance_masks"][b][valid][:, :h, :w].astype(bool)
 
 
 def _numpy(value: Any) -> np.ndarray:
@@ -244,3 +252,4 @@ def save_summary(result: PanopticResult, meta: CategoryMeta, path: str | Path) -
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(result.summary(meta), indent=1))
     tmp.replace(path)
+

@@ -29,15 +29,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from pfcn.contract import E2E_OUTPUTS, ArtifactInfo
+from pfcn.contract import E2E_OUTPUTS, OUTPUT_SETS, ArtifactInfo
 from pfcn.inference import HeadOutputs, dataset_category_ids, postprocess
 from pfcn.layers import Conv2d, FrozenBatchNorm2d, ModulatedDeformConv
 from pfcn.metadata import CategoryMeta
 from pfcn.model import PanopticFCN
 from pfcn.predictor import Predictor, category_tables, check_device
 
-PANOPTIC_OUTPUTS = tuple(n for n in E2E_OUTPUTS if n != "instance_masks")
-OUTPUT_SETS = {"all": E2E_OUTPUTS, "panoptic": PANOPTIC_OUTPUTS}
 HALF_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 RESIZE_MODES = ("static", "interpolate")
 
@@ -353,11 +351,7 @@ class TorchGpuBackend:
         nets = [self.model.network_size(int(h), int(w)) for h, w in np.asarray(sizes).tolist()]
         net = (max(n[0] for n in nets), max(n[1] for n in nets))
         values = self.runner(np.asarray(canvas), np.asarray(sizes), net)
-        out = dict(zip(self.output_names, values))
-        if "instance_masks" not in out:  # not computed on the host: an empty mask per slot
-            b, k = out["instance_scores"].shape
-            out["instance_masks"] = np.zeros((b, k, 0, 0), dtype=bool)
-        return out
+        return dict(zip(self.output_names, values))
 
     def close(self) -> None:
         self.runner.entries.clear()

@@ -36,6 +36,10 @@ def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
         raise ValueError(f"instance masks must be [N, H, W], got shape {masks.shape}")
     if masks.shape[0] == 0:
         return []
+    if masks.shape[1] == 0 or masks.shape[2] == 0:
+        raise ValueError(f"{masks.shape[0]} instances without masks (shape {masks.shape}): the artifact returns no "
+                         "instance masks (exported with --outputs panoptic, or a fast path with panoptic outputs); "
+                         "export with --outputs all for instance AP or instance predictions")
     masks = masks.view(np.uint8) if masks.dtype == bool else (masks != 0).view(np.uint8)
     return _encode_fortran(np.asfortranarray(masks.transpose(1, 2, 0)))
 

@@ -16,7 +16,7 @@ import torchvision
 
 from pfcn.config import load_config
 from pfcn.export.check import check_onnx
-from pfcn.contract import NETWORK_OUTPUTS
+from pfcn.contract import NETWORK_OUTPUTS, OUTPUT_SETS
 from pfcn.export.onnx_export import ExportError, export_onnx, read_metadata
 from pfcn.export.symbolics import register_symbolics
 from pfcn.inference import fuse_thing_kernels, stuff_kernels, thing_candidates
@@ -187,6 +187,34 @@ def test_metadata_travels_with_the_graph(small, small_fixed):
     assert names[:2] == ["panoptic", "semantic"] and "segment_category_ids" in names
 
 
+def test_panoptic_output_set_leaves_out_the_instance_masks(small, small_fixed, tmp_path):
+    """``--outputs panoptic``: the same graph without its [B, K, H, W] instance masks; every other output equal to the
+    full graph's, results with [N, 0, 0] masks, and a clear error where instance masks are needed."""
+    from pfcn.evaluation.instance_ap import encode_masks
+
+    model, cfg, meta = small
+    light = export_onnx(model, cfg, meta, tmp_path / "panoptic.onnx", input_size=(150, 210), batch=2,
+                        outputs="panoptic")
+    names = [o.name for o in onnx.load(str(light), load_external_data=False).graph.output]
+    assert tuple(names) == OUTPUT_SETS["panoptic"] and "instance_masks" not in names
+    assert tuple(read_metadata(light)["output_names"]) == OUTPUT_SETS["panoptic"]
+    full, part = open_model(small_fixed), open_model(light)
+    images = [synthetic_image(150, 210, 5), synthetic_image(120, 180, 6)]
+    canvas, sizes = canvas_for(full, images, ["a", "b"])
+    ref, out = full.run(canvas, sizes), part.run(canvas, sizes)
+    assert set(out) == set(OUTPUT_SETS["panoptic"])
+    for name in out:
+        np.testing.assert_array_equal(out[name], ref[name], err_msg=name)
+    light_results = predict(part, images)
+    for a, b in zip(predict(full, images), light_results):
+        assert result_agreement(a, b).pixel_agreement == 1.0
+        assert b.instance_masks.shape == (len(a.instance_scores), 0, 0)
+    with_instances = max(light_results, key=lambda r: len(r.instance_scores))
+    assert len(with_instances.instance_scores) > 0
+    with pytest.raises(ValueError, match="exported with --outputs panoptic"):
+        encode_masks(with_instances.instance_masks)
+
+
 def test_export_argument_errors(small, tmp_path):
     model, cfg, meta = small
     with pytest.raises(ExportError, match="opset 17.*DeformConv"):
@@ -197,6 +225,10 @@ def test_export_argument_errors(small, tmp_path):
         export_onnx(model, cfg, meta, tmp_path / "a.onnx", dynamic=(500, 64, 100, 640))
     with pytest.raises(ExportError, match="multiple of 32"):
         export_onnx(model, cfg, meta, tmp_path / "a.onnx", graph="network", input_size=(150, 210))
+    with pytest.raises(ExportError, match="--outputs 'masks': choose one of all, panoptic"):
+        export_onnx(model, cfg, meta, tmp_path / "a.onnx", outputs="masks")
+    with pytest.raises(ExportError, match="--outputs panoptic: output sets are for the e2e graph"):
+        export_onnx(model, cfg, meta, tmp_path / "a.onnx", graph="network", input_size=(160, 224), outputs="panoptic")
     bogus = tmp_path / "not.onnx"
     bogus.write_bytes(b"this is not a protobuf \x00\x01\x02")
     with pytest.raises(ValueError, match="not an ONNX model"):
