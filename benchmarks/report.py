@@ -137,10 +137,14 @@ def markdown(doc: dict, chart_name: str | None = None) -> str:
     else:
         lines.append(f"- compute floor: {floor['peak_flops'] / 1e9:.1f} GFLOP/s ({floor['gemm']['method']}, "
                      f"{floor['gemm']['threads']} threads)")
+    counted = []  # artifacts of one network (a checkpoint and its graphs) give the same line once
     for key, sizes in floor.get("models", {}).items():
         for size, c in sizes.items():
-            lines.append(f"- network at {size}: {c['flops'] / 1e9:.1f} GFLOP, {c['bytes'] / 2**30:.2f} GiB moved "
-                         f"(deform conv {c['deform_conv']})")
+            line = (f"- network at {size}: {c['flops'] / 1e9:.1f} GFLOP, {c['bytes'] / 2**30:.2f} GiB moved "
+                    f"(deform conv {c['deform_conv']})")
+            if line not in counted:
+                counted.append(line)
+    lines += counted
     lines += ["", "| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(doc)]
     staged = [r for r in doc["rows"] if r.get("stages_s")]
