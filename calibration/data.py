@@ -87,11 +87,27 @@ class CanvasReader:
     def __init__(self, data: ImageSet, info: ArtifactInfo, desc: str = "calibrating"):
         self.data, self.info, self.desc = data, info, desc
         self._it: Iterator[dict[str, np.ndarray]] | None = None
+        self._range = (0, len(data.images))
+        self._bar: tqdm | None = None
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Feed images start..end-1 next. ``quantize_static`` calls the calibrator once per range when the extra
+        option ``CalibStridedMinMax`` is set: with ranges of one image, the histogram calibrators (entropy,
+        percentile) never stack the activations of differently sized images, and hold one image's at a time."""
+        self._range = (start_index, end_index)
+        self._it = None
 
     def _feeds(self) -> Iterator[dict[str, np.ndarray]]:
-        for name, im in tqdm(list(zip(self.data.names, self.data.images)), desc=self.desc, unit="img"):
+        if self._bar is None:  # one bar over all ranges
+            self._bar = tqdm(total=len(self), desc=self.desc, unit="img")
+        start, end = self._range
+        for name, im in zip(self.data.names[start:end], self.data.images[start:end]):
             canvas, sizes = make_canvas([im], self.info.fixed_hw, self.info.batch, [name])
             yield {"images": canvas, "sizes": sizes}
+            self._bar.update(1)
+        if end >= len(self):
+            self._bar.close()
+            self._bar = None
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._it is None:

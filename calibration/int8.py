@@ -198,6 +198,7 @@ def quantize_int8(fp32: str | Path, out: str | Path, data: ImageSet, target: str
     if not hit:
         cache.unlink(missing_ok=True)
     extra = dict(opts["extra_options"])
+    extra["CalibStridedMinMax"] = 1  # one image per collection (CanvasReader.set_range): any sizes, bounded memory
     if method == "percentile":
         extra["CalibPercentile"] = percentile
     seconds: dict[str, float] = {}

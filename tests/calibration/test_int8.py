@@ -93,6 +93,36 @@ def test_cache_reused_only_for_same_model_data_method(int8_graphs, fp32_graph, c
     assert not redo.cache_hit and json.loads(sidecar.read_text()) == key
 
 
+def test_histogram_methods_calibrate_images_of_different_sizes(calib_images, tmp_path):
+    """A dynamic-size graph sees each image at its own size. ONNX Runtime's histogram calibrators (entropy,
+    percentile) stacked every image's activations at once and failed on mixed shapes ("inhomogeneous shape");
+    pfcn collects one image at a time, which also holds one image's activations in memory, not all of them."""
+    from pfcn.export.onnx_export import export_onnx
+    from pfcn.predictor import Predictor
+    from pfcn.runtime.loader import load_model_config
+
+    from .conftest import CHECKPOINT
+
+    cfg = load_model_config(CHECKPOINT, None, ["INPUT.MAX_SIZE_TEST", "256"])  # so that a wide image stays wide
+    pred = Predictor.from_files(cfg, CHECKPOINT, "cpu")
+    dynamic = export_onnx(pred.model, cfg, pred.meta, tmp_path / "dynamic.onnx", dynamic=(64, 64, 256, 256))
+    wide = np.concatenate([calib_images.images[0], calib_images.images[2]], axis=1)
+    images = [wide, calib_images.images[1]]
+    assert pred.model.network_size(*wide.shape[:2]) != pred.model.network_size(*images[1].shape[:2])
+    mixed = ImageSet("mixed sizes", ["cropped", "whole"], images)
+    for method in ("percentile", "entropy"):
+        result = quantize_int8(dynamic, tmp_path / f"{method}.onnx", mixed, "tensorrt", method,
+                               cache_dir=tmp_path / "cache")
+        assert not result.cache_hit and len(result.quantized) > 10
+        assert len(open_model(result.path).run(*_canvas(result.path, images[1]))["panoptic"]) == 1
+
+
+def _canvas(path, image):
+    from pfcn.runtime.backend import canvas_for
+
+    return canvas_for(open_model(path), [image], ["image"])
+
+
 def test_bad_calibration_input(tmp_path, fp32_graph, int8_graphs, fp16_graph, calib_images):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CalibrationDataError, match="no calibration images"):
