@@ -242,8 +242,7 @@ def original_size_passes(resized: torch.Tensor, original: torch.Tensor, feat_hw,
     """
     down_rows = linear_taps(resized[:, 0], original[:, 0], canvas_hw[0])
     down_cols = linear_taps(resized[:, 1], original[:, 1], canvas_hw[1])
-    return OriginalSizeResize(stride, column_pass(down_cols, feat_hw[0], feat_hw[1] * stride, per_image=True),
-                              row_pass(down_rows, per_image=True))
+    return OriginalSizeResize(stride, column_pass(down_cols, feat_hw[0], feat_hw[1] * stride), row_pass(down_rows))
 
 
 def to_original_size(maps: torch.Tensor, resize: OriginalSizeResize,

@@ -135,31 +135,25 @@ def linear_taps(in_len: torch.Tensor, out_len: torch.Tensor, out_size: int | tor
 
 
 class ColumnPass(NamedTuple):
-    """One 1-D bilinear pass along the columns of channels-last [B, H, W, C] tensors, its gathers prepared."""
+    """A per-image 1-D bilinear pass along the columns of channels-last [B, H, W, C] tensors, its gathers prepared."""
 
-    lo: torch.Tensor  # 1-D gather indices
+    lo: torch.Tensor  # 1-D gather indices into the [B * H * W, C] pixels
     hi: torch.Tensor
-    w_lo: torch.Tensor  # weights, broadcastable to the output
+    w_lo: torch.Tensor  # [B, 1, out, 1] float32
     w_hi: torch.Tensor
-    per_image: bool
 
 
-def column_pass(taps: LinearTaps, rows: int | torch.Tensor, width: int | torch.Tensor,
-                per_image: bool) -> ColumnPass:
+def column_pass(taps: LinearTaps, rows: int | torch.Tensor, width: int | torch.Tensor) -> ColumnPass:
     """Prepare a column pass over [B, rows, width, C] tensors, once for all the channel chunks it is applied to.
 
-    Channels-last, so that each gathered element is a whole [C] pixel. Taps shared by the batch
-    (``per_image=False``: taps of batch 1) gather along the columns with one 1-D index; per-image taps gather from
-    the flattened tensor, row r's pixel ``lo`` of image b being ``(b * rows + r) * width + lo``.
+    Channels-last, so that each gathered element is a whole [C] pixel: row r's pixel ``lo`` of image b is
+    ``(b * rows + r) * width + lo`` of the flattened tensor.
     """
-    if not per_image:
-        return ColumnPass(taps.lo[0], taps.hi[0], taps.w_lo[0].reshape(1, 1, -1, 1),
-                          taps.w_hi[0].reshape(1, 1, -1, 1), False)
     b = taps.lo.shape[0]
     base = (torch.arange(b, device=taps.lo.device).reshape(-1, 1, 1) * rows
             + torch.arange(rows, device=taps.lo.device).reshape(1, -1, 1)) * width  # [B, rows, 1]
     return ColumnPass((base + taps.lo.unsqueeze(1)).reshape(-1), (base + taps.hi.unsqueeze(1)).reshape(-1),
-                      taps.w_lo.reshape(b, 1, -1, 1), taps.w_hi.reshape(b, 1, -1, 1), True)
+                      taps.w_lo.reshape(b, 1, -1, 1), taps.w_hi.reshape(b, 1, -1, 1))
 
 
 def apply_column_pass(x: torch.Tensor, p: ColumnPass) -> torch.Tensor:
@@ -168,8 +162,6 @@ def apply_column_pass(x: torch.Tensor, p: ColumnPass) -> torch.Tensor:
     Two products and one sum, each rounded to float32: the order of PyTorch's bilinear kernel, without the fused
     multiply-add that its x86-64 builds contract ``lo * w_lo + hi * w_hi`` into (ONNX has no such operator).
     """
-    if not p.per_image:
-        return x.index_select(2, p.lo) * p.w_lo + x.index_select(2, p.hi) * p.w_hi
     b, h, w, c = x.shape
     flat = x.reshape(b * h * w, c)
     return (flat.index_select(0, p.lo).reshape(b, h, -1, c) * p.w_lo
@@ -177,30 +169,28 @@ def apply_column_pass(x: torch.Tensor, p: ColumnPass) -> torch.Tensor:
 
 
 class RowPass(NamedTuple):
-    """One 1-D bilinear pass along the rows of channels-first [B, C, H, W] tensors."""
+    """A per-image 1-D bilinear pass along the rows of channels-first [B, C, H, W] tensors."""
 
-    lo: torch.Tensor  # [1, out] (shared by the batch) or [B, out] int64
+    lo: torch.Tensor  # [B, out] int64
     hi: torch.Tensor
-    w_lo: torch.Tensor  # [1 or B, 1, out, 1] float32
+    w_lo: torch.Tensor  # [B, 1, out, 1] float32
     w_hi: torch.Tensor
-    per_image: bool
 
 
-def row_pass(taps: LinearTaps, per_image: bool) -> RowPass:
-    """Prepare a row pass (``per_image=False``: the taps of batch 1 serve every image)."""
-    lo, hi, w_lo, w_hi = (t[:1] if not per_image else t for t in taps)
-    return RowPass(lo, hi, w_lo.unsqueeze(1).unsqueeze(3), w_hi.unsqueeze(1).unsqueeze(3), per_image)
+def row_pass(taps: LinearTaps) -> RowPass:
+    """Prepare a row pass: the weights shaped to broadcast over [B, C, out, W]."""
+    b = taps.lo.shape[0]
+    return RowPass(taps.lo, taps.hi, taps.w_lo.reshape(b, 1, -1, 1), taps.w_hi.reshape(b, 1, -1, 1))
 
 
 def apply_row_pass(x: torch.Tensor, p: RowPass) -> torch.Tensor:
-    """``x[lo] * w_lo + x[hi] * w_hi`` along the rows of a channels-first [B, C, H, W] tensor.
+    """``x[lo] * w_lo + x[hi] * w_hi`` along the rows of a channels-first [B, C, H, W] tensor (same rounding as
+    ``apply_column_pass``).
 
     Channels-first, so that each gathered element is a whole [W] row and the result is in the layout of the
-    outputs. Per-image taps gather from [B * C * H, W], row ``lo`` of channel c of image b being
-    ``(b * C + c) * H + lo`` (an index of B x C x out rows, built per call since C is the chunk's).
+    outputs: row ``lo`` of channel c of image b is ``(b * C + c) * H + lo`` of [B * C * H, W] (an index of
+    B x C x out rows, built per call since C is the chunk's).
     """
-    if not p.per_image:
-        return x.index_select(2, p.lo[0]) * p.w_lo + x.index_select(2, p.hi[0]) * p.w_hi
     b, c, h, w = x.shape
     base = (torch.arange(b, device=x.device).reshape(-1, 1, 1) * c
             + torch.arange(c, device=x.device).reshape(1, -1, 1)) * h  # [B, C, 1]
