@@ -62,6 +62,10 @@ def _main(argv: list[str] | None) -> int:
         report = check_onnx(args.check)
         print(report.to_text())
         return 0 if report.ok else 1
+    if args.outputs != "all" and (args.format != "onnx" or args.graph != "e2e"):
+        where = "an engine keeps the outputs of its --onnx graph" if args.format == "engine" else (
+            "AOTInductor packages return all outputs" if args.format == "aoti" else "the network graph has its own")
+        raise ValueError(f"--outputs {args.outputs}: output sets are chosen when exporting an e2e ONNX graph ({where})")
     if args.format == "engine":
         return engine_from_args(args)
     from pfcn.runtime.loader import artifact_kind, load_model_config

@@ -93,6 +93,11 @@ def test_export_errors_are_clear(setup, tmp_path, capsys):
     code = export_main(["--config", str(SMALL_CONFIG), "--random-weights", "--out", str(tmp_path / "x.onnx"),
                         "--input-size", "0", "10"] + HEADS)
     assert code == 2 and "--input-size 0 10" in capsys.readouterr().err
+    # an output set where it cannot apply
+    code = export_main(["--config", str(SMALL_CONFIG), "--random-weights", "--format", "aoti", "--outputs", "panoptic",
+                        "--out", str(tmp_path / "x.pt2")] + HEADS)
+    assert code == 2 and "--outputs panoptic: output sets are chosen when exporting an e2e ONNX graph" in \
+        capsys.readouterr().err
 
 
 def test_export_refuses_to_run_without_weights(tmp_path, capsys):
