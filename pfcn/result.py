@@ -252,4 +252,3 @@ def save_summary(result: PanopticResult, meta: CategoryMeta, path: str | Path) -
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(result.summary(meta), indent=1))
     tmp.replace(path)
-
