@@ -3,8 +3,9 @@
 A batch holds images of different sizes in one canvas, and an exported graph must not change shape with the data.
 Bilinear resizing (align_corners=False, PyTorch's rule) is separable: each output sample mixes two input samples
 along one axis. ``linear_taps`` computes those two taps and weights as PyTorch's kernel does, per image from the sizes,
-and a column or row pass applies them as two gathers, two products and a sum; the official post-processing resize
-(4x upsample, crop, resize to the original size) is four such passes (``pfcn.inference``).
+and a column or row pass applies them as two gathers, two products and a sum: the per-image resize to the original
+size of the official post-processing (``pfcn.inference``; its 4x upsampling, the same for every image, is
+``F.interpolate`` itself).
 
 The test-time image resize is different: detectron2 resizes uint8 images with PIL, whose bilinear filter works in
 fixed point and antialiases when shrinking. ``pil_bilinear_resize`` reproduces it bit for bit with integer weights
@@ -96,11 +97,10 @@ class LinearTaps(NamedTuple):
 _SRC_BITS = 33
 
 
-def linear_taps(in_len: torch.Tensor, out_len: torch.Tensor, out_size: int | torch.Tensor,
-                scale: float | None = None) -> LinearTaps:
+def linear_taps(in_len: torch.Tensor, out_len: torch.Tensor, out_size: int | torch.Tensor) -> LinearTaps:
     """Taps of ``F.interpolate(mode="bilinear", align_corners=False)`` along one axis, as PyTorch's CPU kernel makes them.
 
-    The kernel takes ``scale = in / out`` in float32 (``1 / scale_factor`` when one is given), the source coordinate
+    The kernel takes ``scale = in / out`` in float32 (a resize given by its size), the source coordinate
     ``src = max(0, scale * (i + 0.5) - 0.5)`` -- one fused multiply-add in PyTorch's x86-64 AVX2/AVX-512 builds, so
     rounded once --, ``lo = min(floor(src), in - 1)``, ``hi = lo + 1`` clamped, ``w_hi = clamp(src - lo, 0, 1)`` and
     ``w_lo = 1 - w_hi``. Here ``src`` is rounded once too: ``scale * 2^33`` is an integer, the exact value
@@ -109,16 +109,12 @@ def linear_taps(in_len: torch.Tensor, out_len: torch.Tensor, out_size: int | tor
     Args:
         in_len, out_len: [B] int64 valid lengths (the kernel's input and output sizes).
         out_size: the output canvas length (an int, or a 0-d tensor in traced graphs with dynamic sizes).
-        scale: the ``1 / scale_factor`` of a resize given by a factor; default ``in_len / out_len`` in float32.
     Returns:
         [B, out_size] taps; samples at or beyond ``out_len[b]`` read sample 0 with weight 0 (they come out zero).
     """
     in_len = in_len.to(torch.int64).reshape(-1, 1)
     out_len = out_len.to(torch.int64).reshape(-1, 1)
-    if scale is None:
-        ratio = in_len.to(torch.float32) / out_len.to(torch.float32).clamp(min=1.0)
-    else:
-        ratio = torch.full_like(in_len, 0, dtype=torch.float32) + scale
+    ratio = in_len.to(torch.float32) / out_len.to(torch.float32).clamp(min=1.0)
     i = torch.arange(out_size, dtype=torch.int64, device=in_len.device).reshape(1, -1)
     m = (ratio * float(1 << _SRC_BITS)).to(torch.int64)
     src = (m * (2 * i + 1) - (1 << _SRC_BITS)).to(torch.float32) * (1.0 / (1 << (_SRC_BITS + 1)))
