@@ -21,6 +21,7 @@ Stages (per image, batched):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
@@ -29,8 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .contract import POSTPROCESS_OUTPUTS
-from .resize import (ColumnPass, RowPass, apply_column_pass, apply_row_pass, column_pass, host_values_free,
-                     linear_taps, row_pass)
+from .resize import RowPass, apply_row_pass, host_values_free, linear_taps, row_pass
 
 POOL_SIZES = (3, 3, 3, 5, 5)  # official smoothing window of the centre heatmaps, per level P3..P7
 NEG = -1.0  # sorts below every probability; used for empty slots
@@ -219,30 +219,31 @@ class OriginalSizeResize(NamedTuple):
     """The official resize to the original size, its per-image passes prepared (``original_size_passes``)."""
 
     stride: int  # the 4x upsampling, the same for every image
-    columns: ColumnPass  # then the resize to the original width, per image, at the stride-4 rows
+    columns: RowPass  # then the resize to the original width, per image, at the stride-4 rows (maps transposed)
     rows: RowPass  # and to the original height, per image, at full size
 
 
-def original_size_passes(resized: torch.Tensor, original: torch.Tensor, feat_hw, canvas_hw,
+def original_size_passes(resized: torch.Tensor, original: torch.Tensor, canvas_hw,
                          stride: int) -> OriginalSizeResize:
     """The official resize of stride-4 maps back to the original image, prepared for ``to_original_size``.
 
     The official post-processing runs ``F.interpolate(scale_factor=stride)``, crops to the resized image, then
     ``F.interpolate(size=original)``. Bilinear interpolation is separable, each output mixing two samples along
     each axis. The upsampling is the same for every image (``F.interpolate`` itself, one axis at a time); the
-    resize to the original size differs per image, so it runs as gathers with the kernel's own taps
+    resize to the original size differs per image, so it runs as gathers of whole rows with the kernel's own taps
     (``pfcn.resize.linear_taps``), the sizes being tensors (no host sync); the crop is implicit, the resize reading
-    only the first ``resized`` samples. Both column passes run first, while the maps still have their stride-4
-    rows, so that only two passes touch full-size maps: row and column passes commute, in float32 up to the last
-    bit, the kind of difference the graph already has against PyTorch's fused multiply-adds.
+    only the first ``resized`` samples. The column passes run first, on the transposed stride-4 maps (columns as
+    rows, so that they too gather whole rows), so that only the two row passes touch full-size maps: row and column
+    passes commute, in float32 up to the last bit, the kind of difference the graph already has against PyTorch's
+    fused multiply-adds.
 
     Args:
         resized, original: [B, 2] int64 (h, w) of the resized and the original images.
-        feat_hw: the stride-4 canvas (h, w); canvas_hw: the output canvas (H, W); ints or 0-d tensors.
+        canvas_hw: the output canvas (H, W); ints or 0-d tensors.
     """
     down_rows = linear_taps(resized[:, 0], original[:, 0], canvas_hw[0])
     down_cols = linear_taps(resized[:, 1], original[:, 1], canvas_hw[1])
-    return OriginalSizeResize(stride, column_pass(down_cols, feat_hw[0], feat_hw[1] * stride), row_pass(down_rows))
+    return OriginalSizeResize(stride, row_pass(down_cols), row_pass(down_rows))
 
 
 def to_original_size(maps: torch.Tensor, resize: OriginalSizeResize,
@@ -253,12 +254,13 @@ def to_original_size(maps: torch.Tensor, resize: OriginalSizeResize,
     next is computed, so the full-size temporaries hold ``chunk`` channels, not N.
     """
     n = int(maps.shape[1])  # TOP_NUM or the stuff class count: a constant of the graph
+    up = float(resize.stride)
     for start in range(0, n, chunk):
-        part = F.interpolate(maps[:, start:start + chunk], scale_factor=(1.0, float(resize.stride)),
-                             mode="bilinear", align_corners=False)
-        # channels-last for the per-image column gathers (whole [c] pixels), at a quarter of the full size
-        part = apply_column_pass(part.permute(0, 2, 3, 1), resize.columns).permute(0, 3, 1, 2)
-        part = F.interpolate(part, scale_factor=(float(resize.stride), 1.0), mode="bilinear", align_corners=False)
+        # width first, on [B, c, w, h]: the transpose moves stride-4 maps, 1/16 of the full size
+        part = maps[:, start:start + chunk].transpose(2, 3)
+        part = F.interpolate(part, scale_factor=(up, 1.0), mode="bilinear", align_corners=False)
+        part = apply_row_pass(part, resize.columns).transpose(2, 3)  # [B, c, h, W]
+        part = F.interpolate(part, scale_factor=(up, 1.0), mode="bilinear", align_corners=False)
         yield start, apply_row_pass(part, resize.rows)
 
 
@@ -335,8 +337,7 @@ def panoptic_merge(masks: torch.Tensor, scores: torch.Tensor, valid: torch.Tenso
     if host_values_free(semantic):  # a histogram of the free pixels' labels: the same counts, no [B, S, H, W] masks
         stuff_area = torch.stack([torch.bincount(semantic[i][free[i]], minlength=num_stuff) for i in range(b)])
     else:
-        stuff_pix = (semantic.unsqueeze(1) == labels.reshape(1, -1, 1, 1)) & free.unsqueeze(1)  # [B, S, H, W]
-        stuff_area = _count_pixels(stuff_pix)
+        stuff_area = _label_counts(semantic, free, num_stuff)
     stuff_ok = (stuff_area >= p.stuff_area_limit) & (stuff_area > 0) & (labels > 0).unsqueeze(0)
     n_things = thing_ok.sum(dim=1, keepdim=True)
     stuff_ids = (n_things + torch.cumsum(stuff_ok.to(torch.int64), 1)) * stuff_ok.to(torch.int64)
@@ -357,6 +358,26 @@ def _count_pixels(mask: torch.Tensor) -> torch.Tensor:
     if host_values_free(mask):
         return mask.view(torch.uint8).sum(dim=(-2, -1), dtype=torch.int32).to(torch.int64)
     return mask.to(torch.float32).sum(dim=-1).to(torch.int64).sum(dim=-1)
+
+
+def _label_counts(labels: torch.Tensor, keep: torch.Tensor, num: int) -> torch.Tensor:
+    """How many ``keep`` pixels carry each label 0..num-1: labels [B, H, W] int64, keep [B, H, W] bool -> [B, num]
+    int64, exactly, without the [B, num, H, W] one-hot masks of a direct count.
+
+    A label l = q * side + r (side = ceil(sqrt(num))) is counted as entry (q, r) of ``Q @ R^T``, where Q [side, W]
+    marks a row's kept pixels whose label has quotient q and R [side, W] its pixels whose remainder is r: two
+    one-hots of ``side`` rows (8 for COCO's 54 stuff labels) instead of one of ``num`` rows. One matmul per image
+    row: its float32 sums of ones stay exact (a row is far shorter than 2^24 pixels), the rows add up in int64.
+    """
+    b, h, w = labels.shape
+    side = math.isqrt(max(num - 1, 0)) + 1
+    digits = torch.arange(side, device=labels.device).reshape(1, 1, side, 1)
+    flat = labels.unsqueeze(2)  # [B, H, 1, W]
+    quotient = torch.div(flat, side, rounding_mode="floor")
+    q = ((quotient == digits) & keep.unsqueeze(2)).to(torch.float32)  # [B, H, side, W]
+    r = ((flat - quotient * side) == digits).to(torch.float32)
+    counts = torch.matmul(q, r.transpose(2, 3)).to(torch.int64).sum(dim=1)  # [B, side, side]
+    return counts.reshape(b, side * side)[:, :num]
 
 
 class PanopticMerge(nn.Module):
@@ -420,8 +441,7 @@ def postprocess(heads: HeadOutputs, thing_embed, stuff_embed, resized: torch.Ten
         def full_size(maps):
             return interpolate_to_original(maps, shapes, canvas_hw, p.common_stride)
     else:
-        feat_hw = (heads.encoded.shape[2], heads.encoded.shape[3])
-        resize = original_size_passes(resized, original, feat_hw, canvas_hw, p.common_stride)
+        resize = original_size_passes(resized, original, canvas_hw, p.common_stride)
 
         def full_size(maps):
             return to_original_size(maps, resize)

@@ -3,9 +3,9 @@
 A batch holds images of different sizes in one canvas, and an exported graph must not change shape with the data.
 Bilinear resizing (align_corners=False, PyTorch's rule) is separable: each output sample mixes two input samples
 along one axis. ``linear_taps`` computes those two taps and weights as PyTorch's kernel does, per image from the sizes,
-and a column or row pass applies them as two gathers, two products and a sum: the per-image resize to the original
-size of the official post-processing (``pfcn.inference``; its 4x upsampling, the same for every image, is
-``F.interpolate`` itself).
+and a row pass applies them as two gathers of whole rows, two products and a sum (a column pass is a row pass of
+the transposed maps): the per-image resize to the original size of the official post-processing
+(``pfcn.inference``; its 4x upsampling, the same for every image, is ``F.interpolate`` itself).
 
 The test-time image resize is different: detectron2 resizes uint8 images with PIL, whose bilinear filter works in
 fixed point and antialiases when shrinking. ``pil_bilinear_resize`` reproduces it bit for bit with integer weights
@@ -130,40 +130,6 @@ def linear_taps(in_len: torch.Tensor, out_len: torch.Tensor, out_size: int | tor
                       torch.where(valid, w_lo, zero), torch.where(valid, w_hi, zero))
 
 
-class ColumnPass(NamedTuple):
-    """A per-image 1-D bilinear pass along the columns of channels-last [B, H, W, C] tensors, its gathers prepared."""
-
-    lo: torch.Tensor  # 1-D gather indices into the [B * H * W, C] pixels
-    hi: torch.Tensor
-    w_lo: torch.Tensor  # [B, 1, out, 1] float32
-    w_hi: torch.Tensor
-
-
-def column_pass(taps: LinearTaps, rows: int | torch.Tensor, width: int | torch.Tensor) -> ColumnPass:
-    """Prepare a column pass over [B, rows, width, C] tensors, once for all the channel chunks it is applied to.
-
-    Channels-last, so that each gathered element is a whole [C] pixel: row r's pixel ``lo`` of image b is
-    ``(b * rows + r) * width + lo`` of the flattened tensor.
-    """
-    b = taps.lo.shape[0]
-    base = (torch.arange(b, device=taps.lo.device).reshape(-1, 1, 1) * rows
-            + torch.arange(rows, device=taps.lo.device).reshape(1, -1, 1)) * width  # [B, rows, 1]
-    return ColumnPass((base + taps.lo.unsqueeze(1)).reshape(-1), (base + taps.hi.unsqueeze(1)).reshape(-1),
-                      taps.w_lo.reshape(b, 1, -1, 1), taps.w_hi.reshape(b, 1, -1, 1))
-
-
-def apply_column_pass(x: torch.Tensor, p: ColumnPass) -> torch.Tensor:
-    """``x[lo] * w_lo + x[hi] * w_hi`` along the columns of a channels-last [B, H, W, C] tensor.
-
-    Two products and one sum, each rounded to float32: the order of PyTorch's bilinear kernel, without the fused
-    multiply-add that its x86-64 builds contract ``lo * w_lo + hi * w_hi`` into (ONNX has no such operator).
-    """
-    b, h, w, c = x.shape
-    flat = x.reshape(b * h * w, c)
-    return (flat.index_select(0, p.lo).reshape(b, h, -1, c) * p.w_lo
-            + flat.index_select(0, p.hi).reshape(b, h, -1, c) * p.w_hi)
-
-
 class RowPass(NamedTuple):
     """A per-image 1-D bilinear pass along the rows of channels-first [B, C, H, W] tensors."""
 
@@ -180,9 +146,10 @@ def row_pass(taps: LinearTaps) -> RowPass:
 
 
 def apply_row_pass(x: torch.Tensor, p: RowPass) -> torch.Tensor:
-    """``x[lo] * w_lo + x[hi] * w_hi`` along the rows of a channels-first [B, C, H, W] tensor (same rounding as
-    ``apply_column_pass``).
+    """``x[lo] * w_lo + x[hi] * w_hi`` along the rows of a channels-first [B, C, H, W] tensor.
 
+    Two products and one sum, each rounded to float32: the order of PyTorch's bilinear kernel, without the fused
+    multiply-add that its x86-64 builds contract ``lo * w_lo + hi * w_hi`` into (ONNX has no such operator).
     Channels-first, so that each gathered element is a whole [W] row and the result is in the layout of the
     outputs: row ``lo`` of channel c of image b is ``(b * C + c) * H + lo`` of [B * C * H, W] (an index of
     B x C x out rows, built per call since C is the chunk's).
