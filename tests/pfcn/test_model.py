@@ -120,6 +120,22 @@ def test_eager_cpu_shortcuts_equal_the_static_path(small, images, monkeypatch):
     assert eager["segment_valid"].sum() >= 2
 
 
+@pytest.mark.parametrize("num", [1, 2, 9, 54, 55, 133])
+def test_static_label_counts_equal_a_histogram(num):
+    """The static stuff-area count (two sqrt(num)-row one-hots and a matmul per row) is the exact histogram of the
+    kept pixels' labels, for label counts that are and are not perfect squares, with wide rows of one label."""
+    from pfcn.inference import _label_counts
+
+    gen = torch.Generator().manual_seed(num)
+    labels = torch.randint(0, num, (2, 37, 3001), generator=gen)
+    labels[0, :5] = num - 1  # whole rows of one label: the largest per-row sums
+    keep = torch.rand(2, 37, 3001, generator=gen) > 0.3
+    counts = _label_counts(labels, keep, num)
+    assert counts.dtype == torch.int64 and counts.shape == (2, num)
+    for i in range(2):
+        assert torch.equal(counts[i], torch.bincount(labels[i][keep[i]], minlength=num))
+
+
 # ----------------------------------------------------------------------------------------------- no host sync
 # value reads and shape-from-data ops; bincount and repeat_interleave read a maximum or a total on the host (CUDA)
 FORBIDDEN_NAMES = {"item", "tolist", "nonzero", "unique", "unique_consecutive", "argwhere", "masked_select", "numpy",
