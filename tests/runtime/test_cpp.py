@@ -149,6 +149,27 @@ def test_cpp_predict_matches_pfcn_predict(cpp, small, photos, tmp_path):
                for s in summary["segments_info"])
 
 
+def test_cpp_predict_turns_exif_rotated_photos_upright(cpp, small, photos, tmp_path):
+    """Phone photos store their rotation as an EXIF tag. The C++ example turns the pixels upright as pfcn-predict
+    does (PIL's ``ImageOps.exif_transpose``), for the 7 orientations that move pixels. The reference is pfcn-predict
+    running the same package: a portrait image has another network canvas than the checkpoint's landscape one."""
+    built, ops = cpp
+    _, pt2 = small
+    crop = Image.open(photos[1]).convert("RGB").crop((0, 0, 480, 360))  # upright either way, it fits 480x640
+    tagged = []
+    for orientation in range(2, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        tagged.append(tmp_path / f"orientation{orientation}.jpg")
+        crop.save(tagged[-1], quality=95, exif=exif.tobytes())
+    _predict_cpp(built, ops, pt2, tagged, tmp_path / "cpp")
+    _predict_py(pt2, tagged, tmp_path / "py")
+    assert len(compare_with_pfcn_predict(tmp_path / "cpp", tmp_path / "py")) == 7
+    for orientation, upright in ((3, (360, 480)), (6, (480, 360)), (8, (480, 360))):
+        summary = json.loads((tmp_path / "cpp" / "json" / f"orientation{orientation}.json").read_text())
+        assert (summary["height"], summary["width"]) == upright
+
+
 def test_c_abi_from_plain_c(cpp, small):
     built, ops = cpp
     _, pt2 = small

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <memory>
 #include <stdexcept>
+#include <utility>
 
 #include <unistd.h>
 
@@ -36,6 +37,64 @@ void jpeg_error_exit(j_common_ptr info) {
     std::longjmp(err->jump, 1);
 }
 
+// The EXIF orientation of a JPEG (tag 0x0112 of IFD0 in its APP1 "Exif" segment): 1 to 8, or 1 when the tag is
+// absent or unreadable, which is what PIL's ImageOps.exif_transpose (pfcn-predict's reader) does too.
+int exif_orientation(const jpeg_decompress_struct& info) {
+    for (jpeg_saved_marker_ptr m = info.marker_list; m != nullptr; m = m->next) {
+        if (m->marker != JPEG_APP0 + 1 || m->data_length < 14 || std::memcmp(m->data, "Exif\0\0", 6) != 0) continue;
+        const uint8_t* tiff = m->data + 6;  // byte order, 42, offset of IFD0; offsets count from here
+        const size_t size = m->data_length - 6;
+        const bool little = tiff[0] == 'I' && tiff[1] == 'I';
+        if (!little && !(tiff[0] == 'M' && tiff[1] == 'M')) return 1;
+        auto u16 = [&](size_t at) -> unsigned {
+            return little ? tiff[at] | (tiff[at + 1] << 8) : (tiff[at] << 8) | tiff[at + 1];
+        };
+        auto u32 = [&](size_t at) -> size_t { return little ? u16(at) | (size_t{u16(at + 2)} << 16)
+                                                            : (size_t{u16(at)} << 16) | u16(at + 2); };
+        if (u16(2) != 42) return 1;
+        const size_t ifd = u32(4);
+        if (ifd + 2 > size) return 1;
+        const unsigned entries = u16(ifd);
+        for (unsigned i = 0; i < entries; ++i) {
+            const size_t entry = ifd + 2 + 12 * size_t{i};  // tag, type, count, value (a SHORT sits first)
+            if (entry + 12 > size) return 1;
+            if (u16(entry) == 0x0112 && u16(entry + 2) == 3) {
+                const unsigned value = u16(entry + 8);
+                return value >= 1 && value <= 8 ? static_cast<int>(value) : 1;
+            }
+        }
+        return 1;
+    }
+    return 1;
+}
+
+// The pixels turned upright as the orientation says (the 8 EXIF cases: mirrors, rotations, transpositions).
+Image apply_orientation(Image in, int orientation) {
+    if (orientation <= 1 || orientation > 8) return in;
+    const int h = in.height, w = in.width;
+    Image out;
+    out.height = orientation >= 5 ? w : h;  // 5-8 swap the axes
+    out.width = orientation >= 5 ? h : w;
+    out.rgb.resize(in.rgb.size());
+    for (int y = 0; y < out.height; ++y) {
+        for (int x = 0; x < out.width; ++x) {
+            int sy = y, sx = x;  // the source pixel of output (y, x)
+            switch (orientation) {
+                case 2: sx = w - 1 - x; break;                   // mirrored
+                case 3: sy = h - 1 - y; sx = w - 1 - x; break;   // upside down
+                case 4: sy = h - 1 - y; break;                   // flipped
+                case 5: sy = x; sx = y; break;                   // transposed
+                case 6: sy = h - 1 - x; sx = y; break;           // shot turned left: rotate 90 clockwise
+                case 7: sy = h - 1 - x; sx = w - 1 - y; break;   // transversed
+                default: sy = x; sx = w - 1 - y; break;          // 8, shot turned right: rotate 90 anticlockwise
+            }
+            std::memcpy(&out.rgb[(static_cast<size_t>(y) * out.width + x) * 3],
+                        &in.rgb[(static_cast<size_t>(sy) * w + sx) * 3], 3);
+        }
+    }
+    return out;
+}
+
 Image read_jpeg(const std::string& path, FILE* file) {
     jpeg_decompress_struct info{};
     JpegError err{};
@@ -48,7 +107,9 @@ Image read_jpeg(const std::string& path, FILE* file) {
     }
     jpeg_create_decompress(&info);
     jpeg_stdio_src(&info, file);
+    jpeg_save_markers(&info, JPEG_APP0 + 1, 0xFFFF);  // keep APP1 for the EXIF orientation
     jpeg_read_header(&info, TRUE);
+    const int orientation = exif_orientation(info);
     info.out_color_space = JCS_RGB;  // libjpeg converts grey and YCbCr; CMYK is refused below
     if (info.jpeg_color_space == JCS_CMYK || info.jpeg_color_space == JCS_YCCK) {
         jpeg_destroy_decompress(&info);
@@ -64,7 +125,7 @@ Image read_jpeg(const std::string& path, FILE* file) {
     }
     jpeg_finish_decompress(&info);
     jpeg_destroy_decompress(&info);
-    return img;
+    return apply_orientation(std::move(img), orientation);
 }
 
 Image read_png(const std::string& path, FILE* file) {

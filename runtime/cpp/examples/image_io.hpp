@@ -14,8 +14,8 @@ struct Image {
     std::vector<uint8_t> rgb;  // height * width * 3, row-major
 };
 
-// Decode a JPEG or PNG file (chosen by its first bytes) to 8-bit RGB; grey is repeated, alpha dropped.
-// EXIF orientation is not applied.
+// Decode a JPEG or PNG file (chosen by its first bytes) to 8-bit RGB; grey is repeated, alpha dropped. A JPEG's
+// EXIF orientation is applied, as pfcn-predict does (PIL's ImageOps.exif_transpose); a PNG's eXIf chunk is not read.
 Image read_image(const std::string& path);
 
 // Write 8-bit pixels (channels 1 = grey, 3 = RGB) as a PNG, through a temporary file renamed into place.
