@@ -50,7 +50,7 @@ def load_model_config(weights: str | Path | None, config: str | Path | None, ove
 
     if config is not None:
         return load_config(config, list(overrides))
-    stored = load_checkpoint_file(weights).get("cfg") if weights is not None else None
+    stored = load_checkpoint_file(weights, mmap=True).get("cfg") if weights is not None else None
     if not isinstance(stored, str) and fallback is not None:
         return config_from_yaml(fallback[0], list(overrides), source=fallback[1])
     if weights is None:

@@ -230,6 +230,8 @@ def test_malicious_checkpoint_is_refused_without_running_it(tmp_path, function, 
             torch.load(f, weights_only=False)
         assert marker.read_text() == "ran"
         marker.unlink()
+    with pytest.raises(CheckpointError, match="refused: loading this file would run code"):
+        load_checkpoint_file(path, mmap=True)  # mapping the tensors keeps the weights-only unpickler
     with pytest.raises(CheckpointError) as err:
         load_checkpoint_file(path)
     msg = str(err.value)
@@ -313,6 +315,20 @@ def test_save_load_round_trip_with_meta_and_cfg(small, tmp_path):
     cfg_file = tmp_path / "from_ckpt.yaml"
     cfg_file.write_text(ckpt["cfg"])
     assert cfg_to_yaml(load_config(cfg_file)) == cfg_to_yaml(cfg)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy-format"])
+def test_mapped_load_reads_the_same_checkpoint(small, tmp_path, legacy):
+    """``mmap=True`` (used to read a stored config without loading the weights) returns what a full load returns,
+    for torch.save's zip format (mapped) and the legacy format (read)."""
+    model, cfg = small
+    path = tmp_path / "model.pth"
+    torch.save({"model": model.state_dict(), "cfg": cfg_to_yaml(cfg), "iteration": 7}, path,
+               _use_new_zipfile_serialization=not legacy)
+    full, mapped = load_checkpoint_file(path), load_checkpoint_file(path, mmap=True)
+    assert mapped["cfg"] == full["cfg"] and mapped["iteration"] == 7
+    assert mapped["model"].keys() == full["model"].keys()
+    assert all(torch.equal(mapped["model"][k], full["model"][k]) for k in full["model"])
 
 
 def test_failed_save_keeps_the_old_file_and_leaves_no_temporary(small, tmp_path):
