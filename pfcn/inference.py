@@ -369,7 +369,7 @@ def _label_counts(labels: torch.Tensor, keep: torch.Tensor, num: int) -> torch.T
     one-hots of ``side`` rows (8 for COCO's 54 stuff labels) instead of one of ``num`` rows. One matmul per image
     row: its float32 sums of ones stay exact (a row is far shorter than 2^24 pixels), the rows add up in int64.
     """
-    b, h, w = labels.shape
+    b = labels.shape[0]
     side = math.isqrt(max(num - 1, 0)) + 1
     digits = torch.arange(side, device=labels.device).reshape(1, 1, side, 1)
     flat = labels.unsqueeze(2)  # [B, H, 1, W]

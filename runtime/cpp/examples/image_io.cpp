@@ -84,9 +84,9 @@ Image apply_orientation(Image in, int orientation) {
                 case 3: sy = h - 1 - y; sx = w - 1 - x; break;   // upside down
                 case 4: sy = h - 1 - y; break;                   // flipped
                 case 5: sy = x; sx = y; break;                   // transposed
-                case 6: sy = h - 1 - x; sx = y; break;           // shot turned left: rotate 90 clockwise
+                case 6: sy = h - 1 - x; sx = y; break;           // rotated 90 clockwise
                 case 7: sy = h - 1 - x; sx = w - 1 - y; break;   // transversed
-                default: sy = x; sx = w - 1 - y; break;          // 8, shot turned right: rotate 90 anticlockwise
+                default: sy = x; sx = w - 1 - y; break;          // 8: rotated 90 anticlockwise
             }
             std::memcpy(&out.rgb[(static_cast<size_t>(y) * out.width + x) * 3],
                         &in.rgb[(static_cast<size_t>(sy) * w + sx) * 3], 3);
